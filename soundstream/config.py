@@ -1,0 +1,255 @@
+"""One frozen settings object, built once from an environment mapping.
+
+Every ``SOUNDSTREAM_*`` variable is parsed and checked here, so a bad value stops
+the process at start-up with one line naming the variable, never later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from soundstream.errors import SettingsError
+
+PREFIX = "SOUNDSTREAM_"
+ROLES = frozenset({"ingest", "api"})
+# Values that may be given as a file path instead (mounted secrets).
+SECRET_FILE_VARIABLES = ("AMQP_URL", "DATABASE_URL", "API_KEYS")
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """What the extractor needs: the four frame/feature sizes and the rolloff share."""
+
+    n_fft: int = 1024
+    hop: int = 512
+    n_mels: int = 32
+    n_mfcc: int = 13
+    rolloff: float = 0.85
+
+
+@dataclass(frozen=True)
+class Settings:
+    amqp_url: str = field(default="amqp://guest:guest@127.0.0.1:5672/", repr=False)
+    database_url: str = field(
+        default="postgresql://postgres@127.0.0.1:5432/soundstream", repr=False
+    )
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    roles: frozenset[str] = ROLES
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+
+    n_fft: int = 1024
+    hop: int = 512
+    n_mels: int = 32
+    n_mfcc: int = 13
+    rolloff: float = 0.85
+
+    audio_exchange: str = "soundstream.audio"
+    queue: str = "soundstream.features"
+    binding_key: str = "sensor.#"
+    dead_exchange: str = "soundstream.dead"
+    dead_queue: str = "soundstream.dead"
+
+    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    chunks_per_task: int = 8
+    batch_max_chunks: int = 64
+    batch_max_frames: int = 4000
+    batch_max_wait_ms: int = 200
+    prefetch: int = 0  # 0: derived from the batch and pool sizes, see ``effective_prefetch``
+    db_pool_size: int = 4
+    drain_timeout_s: float = 20.0
+    max_restarts: int = 5
+    restart_window_s: float = 60.0
+    log_level: str = "info"
+    log_format: str = "auto"
+
+    @property
+    def features(self) -> FeatureParams:
+        return FeatureParams(self.n_fft, self.hop, self.n_mels, self.n_mfcc, self.rolloff)
+
+    @property
+    def effective_prefetch(self) -> int:
+        """Unacked deliveries the broker may hand us: one batch being written, one being
+        filled, and every pool task in flight. Memory is bounded by this number."""
+        if self.prefetch:
+            return self.prefetch
+        in_pool = 2 * self.workers * self.chunks_per_task
+        return 2 * self.batch_max_chunks + in_pool
+
+    @property
+    def ingest(self) -> bool:
+        return "ingest" in self.roles
+
+    @property
+    def api(self) -> bool:
+        return "api" in self.roles
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"must be an integer, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"must be a number, got {raw!r}") from None
+        if not (lo < value if lo_open else lo <= value) or not value <= hi:
+            bound = "(" if lo_open else "["
+            raise ValueError(f"must be in {bound}{lo}, {hi}], got {value}")
+        return value
+
+    return parse
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in schemes:
+            # Never echo the value: URLs carry passwords.
+            raise ValueError(f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return value
+
+    return parse
+
+
+def _roles(raw: str) -> frozenset[str]:
+    roles = frozenset(part.strip() for part in raw.split(",") if part.strip())
+    unknown = roles - ROLES
+    if unknown or not roles:
+        raise ValueError(f"must be 'ingest', 'api' or 'ingest,api', got {raw!r}")
+    return roles
+
+
+def _keys(raw: str) -> tuple[str, ...]:
+    keys = tuple(part.strip() for part in re.split(r"[,\n]", raw) if part.strip())
+    if any(len(k) < 16 for k in keys):
+        raise ValueError("every key must be at least 16 characters")
+    return keys
+
+
+def _name(raw: str) -> str:
+    value = raw.strip()
+    if not value or len(value) > 255:
+        raise ValueError(f"must be a non-empty name of at most 255 characters, got {raw!r}")
+    return value
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _host(raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(f"must be a host name or address, got {raw!r}")
+    return value
+
+
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "amqp_url": _url("amqp", "amqps"),
+    "database_url": _url("postgresql", "postgres"),
+    "http_host": _host,
+    "http_port": _int(0, 65535),
+    "roles": _roles,
+    "api_keys": _keys,
+    "n_fft": _int(16, 65536),
+    "hop": _int(1, 65536),
+    "n_mels": _int(1, 512),
+    "n_mfcc": _int(1, 512),
+    "rolloff": _float(0.0, 1.0, lo_open=True),
+    "audio_exchange": _name,
+    "queue": _name,
+    "binding_key": _name,
+    "dead_exchange": _name,
+    "dead_queue": _name,
+    "workers": _int(1, 256),
+    "chunks_per_task": _int(1, 1024),
+    "batch_max_chunks": _int(1, 10000),
+    "batch_max_frames": _int(1, 1_000_000),
+    "batch_max_wait_ms": _int(1, 60_000),
+    "prefetch": _int(0, 65535),
+    "db_pool_size": _int(1, 100),
+    "drain_timeout_s": _float(0.0, 3600.0, lo_open=True),
+    "max_restarts": _int(0, 1000),
+    "restart_window_s": _float(0.0, 86400.0, lo_open=True),
+    "log_level": _choice("debug", "info", "warning", "error"),
+    "log_format": _choice("auto", "json", "console"),
+}
+
+
+def variable(name: str) -> str:
+    return PREFIX + name.upper()
+
+
+def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from ``environ`` (default: the process environment).
+
+    ``overrides`` are already-typed values that win over the environment (tests and
+    the command line use them). Raises ``SettingsError`` naming the first bad variable.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        name = variable(f.name)
+        raw = env.get(name)
+        file_name = name + "_FILE"
+        if f.name.upper() in SECRET_FILE_VARIABLES and env.get(file_name):
+            if raw is not None:
+                raise SettingsError(file_name, f"set either {name} or {file_name}, not both")
+            try:
+                raw = Path(env[file_name]).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise SettingsError(file_name, f"cannot read the file: {exc.strerror}") from exc
+        if raw is None:
+            continue
+        try:
+            values[f.name] = PARSERS[f.name](raw)
+        except ValueError as exc:
+            raise SettingsError(name, str(exc)) from exc
+    values.update(overrides)
+    settings = Settings(**values)
+    _check_together(settings)
+    return settings
+
+
+def _check_together(s: Settings) -> None:
+    if s.hop > s.n_fft:
+        raise SettingsError(variable("hop"), f"must not exceed SOUNDSTREAM_N_FFT ({s.n_fft})")
+    if s.n_mfcc > s.n_mels:
+        raise SettingsError(variable("n_mfcc"), f"must not exceed SOUNDSTREAM_N_MELS ({s.n_mels})")
+    if s.prefetch and s.prefetch < s.batch_max_chunks:
+        raise SettingsError(
+            variable("prefetch"),
+            f"must be 0 (derived) or at least SOUNDSTREAM_BATCH_MAX_CHUNKS ({s.batch_max_chunks})",
+        )
+
+
+def replace(settings: Settings, **changes: Any) -> Settings:
+    """A copy with ``changes``, checked like a loaded one."""
+    new = dataclasses.replace(settings, **changes)
+    _check_together(new)
+    return new
