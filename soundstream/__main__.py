@@ -1,0 +1,5 @@
+import sys
+
+from soundstream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,82 @@
+"""What flows between the actors, and the pure arithmetic of frame timestamps.
+
+Leaf module: numpy only, so the extractor's pool workers and the tests can use it
+without the broker or database libraries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from soundstream.features import Features
+from soundstream.wire import Chunk
+
+NS_PER_US = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A decoded chunk still owed an ack (``tag`` is the AMQP delivery tag)."""
+
+    tag: int
+    chunk: Chunk
+    received_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Extracted:
+    """A chunk's features, ready to be written; the samples are no longer needed."""
+
+    tag: int
+    sensor_id: str
+    seq: int
+    start_ns: int
+    sample_rate: int
+    n_samples: int
+    received_us: int
+    features: Features
+
+    @classmethod
+    def of(cls, delivery: Delivery, features: Features) -> Extracted:
+        chunk = delivery.chunk
+        return cls(
+            delivery.tag,
+            chunk.sensor_id,
+            chunk.seq,
+            chunk.start_ns,
+            chunk.sample_rate,
+            len(chunk.samples),
+            delivery.received_us,
+            features,
+        )
+
+    def frame_times_us(self, hop: int) -> np.ndarray:
+        return frame_times_us(self.start_ns, len(self.features), hop, self.sample_rate)
+
+
+def div_round_half_even(numerator: np.ndarray, denominator: int) -> np.ndarray:
+    """Integer division rounded to nearest, ties to even (as Python's ``round``)."""
+    quotient, remainder = np.divmod(numerator, denominator)
+    twice = 2 * remainder
+    up = (twice > denominator) | ((twice == denominator) & (quotient % 2 == 1))
+    return quotient + up
+
+
+def frame_times_ns(start_ns: int, n_frames: int, hop: int, sample_rate: int) -> np.ndarray:
+    """``start_ns + round(i * hop * 1e9 / sample_rate)`` for every frame, exactly.
+
+    Integer arithmetic: a float product loses nanoseconds for long chunks.
+    """
+    offsets = np.arange(n_frames, dtype=np.int64) * np.int64(hop * 1_000_000_000)
+    return np.int64(start_ns) + div_round_half_even(offsets, sample_rate)
+
+
+def frame_times_us(start_ns: int, n_frames: int, hop: int, sample_rate: int) -> np.ndarray:
+    """Frame times at the stored precision: nanoseconds rounded to microseconds."""
+    return div_round_half_even(frame_times_ns(start_ns, n_frames, hop, sample_rate), NS_PER_US)
+
+
+def ns_to_us(ns: int) -> int:
+    return int(div_round_half_even(np.array([ns], dtype=np.int64), NS_PER_US)[0])

@@ -1,0 +1,77 @@
+"""The HTTP actor: uvicorn serving the starlette app inside our event loop.
+
+uvicorn would install its own SIGINT/SIGTERM handlers; the supervisor owns signals,
+so capture is switched off and the server is stopped through ``should_exit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import anyio
+import uvicorn
+from anyio.abc import TaskStatus
+from starlette.types import ASGIApp
+
+from soundstream.config import Settings
+
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = anyio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.listening.set()
+
+    def port(self) -> int:
+        for server in self.servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        raise RuntimeError("the HTTP server has no socket")
+
+
+async def run(
+    settings: Settings,
+    app: ASGIApp,
+    stop: anyio.Event,
+    *,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``stop`` is set; report the bound port (useful with port 0)."""
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_S,
+    )
+    server = _Server(config)
+
+    async def serve() -> None:
+        try:
+            await server.serve()
+        except SystemExit as exc:  # uvicorn exits when it cannot bind
+            raise OSError(f"cannot listen on {settings.http_host}:{settings.http_port}") from exc
+        finally:
+            server.listening.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve)
+        await server.listening.wait()
+        if not server.started:
+            return  # serve() is raising the bind error
+        task_status.started(server.port())
+        await stop.wait()
+        server.should_exit = True

@@ -1,0 +1,117 @@
+"""The writer actor: the only owner of the ingest database pool.
+
+It gathers extracted chunks into a batch until the batch is full (chunks or frames)
+or the oldest item has waited ``batch_max_wait_ms``, commits it in one transaction,
+and only then reports the delivery tags for acking. A database that goes away is
+retried with backoff; meanwhile nothing is acked, the bounded streams fill, and the
+broker stops delivering once prefetch is used up: consumption pauses by itself.
+"""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import asyncpg
+import structlog
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from soundstream import store
+from soundstream.config import Settings
+from soundstream.records import Extracted
+from soundstream.status import Status
+
+log = structlog.get_logger(__name__)
+COMPONENT = "database"
+
+# Errors after which the same batch may succeed: the server or the network came
+# and went, or PostgreSQL chose this transaction as a deadlock victim.
+RETRYABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.AdminShutdownError,
+    TimeoutError,
+)
+MAX_BACKOFF_S = 10.0
+
+
+async def run(
+    settings: Settings,
+    inbox: MemoryObjectReceiveStream[Extracted],
+    acks: MemoryObjectSendStream[int],
+    pool: asyncpg.Pool,
+    status: Status,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    async with pool.acquire() as conn:
+        if not await store.schema_ready(conn):
+            raise RuntimeError("the database has no soundstream schema: run `soundstream migrate`")
+    status.up(COMPONENT)
+    task_status.started()
+    async with acks, inbox:
+        while batch := await _collect(inbox, settings):
+            await _commit(pool, batch, settings, status)
+            for item in batch:
+                await acks.send(item.tag)
+
+
+async def _collect(inbox: MemoryObjectReceiveStream[Extracted], settings: Settings) -> list[Extracted]:
+    """The next batch; empty only when the inbox is closed and drained."""
+    try:
+        first = await inbox.receive()
+    except anyio.EndOfStream:
+        return []
+    batch = [first]
+    frames = len(first.features)
+    deadline = anyio.current_time() + settings.batch_max_wait_ms / 1000
+    while len(batch) < settings.batch_max_chunks and frames < settings.batch_max_frames:
+        with anyio.move_on_after(deadline - anyio.current_time()):
+            try:
+                item = await inbox.receive()
+            except anyio.EndOfStream:
+                break
+            batch.append(item)
+            frames += len(item.features)
+            continue
+        break  # waited long enough
+    return batch
+
+
+async def _commit(pool: asyncpg.Pool, batch: list[Extracted], settings: Settings, status: Status) -> None:
+    backoff = 0.2
+    failing_since: float | None = None
+    while True:
+        started = time.perf_counter()
+        try:
+            async with pool.acquire() as conn:
+                chunks, frames = await store.write_batch(conn, batch, settings.hop)
+        except RETRYABLE as exc:
+            if failing_since is None:
+                failing_since = time.monotonic()
+            status.down(COMPONENT, f"write failing: {type(exc).__name__}")
+            log.warning(
+                "batch_write_failed",
+                error=str(exc) or type(exc).__name__,
+                failing_for_s=round(time.monotonic() - failing_since, 1),
+                retry_in_s=backoff,
+            )
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+            continue
+        if failing_since is not None:
+            log.info("database_recovered", after_s=round(time.monotonic() - failing_since, 1))
+            status.up(COMPONENT)
+        log.debug(
+            "batch_written",
+            chunks=len(batch),
+            new_chunks=chunks,
+            new_frames=frames,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return
