@@ -41,7 +41,7 @@ class Tone:
         phase = 2 * math.pi * self.hz * t + self.glide_depth / self.glide_hz * (1 - np.cos(glide))
         envelope = 1 - self.am_depth * 0.5 * (1 - np.cos(2 * math.pi * self.am_hz * t))
         wave = self.amplitude * envelope * np.sin(phase + self.phase)
-        return wave[:, None] * np.asarray(self.gains)
+        return np.outer(wave, self.gains)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,10 +37,18 @@ MAX_BACKOFF_S = 30.0
 READY_CHECK_TIMEOUT_S = 2.0
 
 
-async def serve(settings: Settings, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-    """Run every enabled role until SIGTERM/SIGINT (or cancellation), then drain."""
+async def serve(
+    settings: Settings,
+    stop: anyio.Event | None = None,
+    *,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run every enabled role until SIGTERM/SIGINT or ``stop`` is set, then drain.
+
+    Reports the bound HTTP port once the server listens and the pipeline starts.
+    """
     status = Status()
-    stop = anyio.Event()
+    stop = stop or anyio.Event()
     if settings.api and not settings.api_keys:
         log.warning("api_open", detail="SOUNDSTREAM_API_KEYS is empty: /v1/* needs no key")
     async with AsyncExitStack() as stack:

@@ -9,11 +9,21 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from soundstream import config
 from soundstream.migrate import migrate
 
-PG_ADMIN_URL = os.environ.get("SOUNDSTREAM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+# Shared, noisy machines: judge properties, not how fast examples are drawn.
+hypothesis_settings.register_profile(
+    "soundstream", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("soundstream")
+
+PG_ADMIN_URL = os.environ.get(
+    "SOUNDSTREAM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 AMQP_URL = os.environ.get("SOUNDSTREAM_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
 
 

@@ -1,0 +1,141 @@
+"""Helpers for tests that run the real service against the real broker and database."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiormq
+import anyio
+import httpx
+import numpy as np
+from pamqp.commands import Basic
+
+from soundstream import supervisor, wire
+from soundstream.config import Settings
+
+START_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
+
+
+def tone(
+    seconds: float, rate: int, freqs: tuple[float, ...] = (440.0, 1250.0), seed: int = 0
+) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(seed)
+    signal = sum(0.3 * np.sin(2 * np.pi * f * t) for f in freqs) + 0.01 * rng.standard_normal(
+        len(t)
+    )
+    return np.asarray(signal, dtype=np.float32)
+
+
+@dataclass
+class Service:
+    port: int
+    stop: anyio.Event
+    settings: Settings
+
+    async def get(self, path: str, **params: Any) -> httpx.Response:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{self.port}", timeout=10
+        ) as client:
+            return await client.get(path, params=params)
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Service]:
+    """The whole service in this event loop; drained (stop set) on exit."""
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(supervisor.serve, settings, stop)
+        service = Service(port, stop, settings)
+        await wait_for(lambda: _ready(service), timeout=30)
+        try:
+            yield service
+        finally:
+            stop.set()
+
+
+async def _ready(service: Service) -> bool:
+    return (await service.get("/readyz")).status_code == 200
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        await anyio.sleep(0.1)
+
+
+@asynccontextmanager
+async def channel(url: str) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+    connection = await aiormq.connect(url)
+    try:
+        yield await connection.channel(publisher_confirms=True)
+    finally:
+        await connection.close()
+
+
+async def publish(
+    ch: aiormq.abc.AbstractChannel,
+    exchange: str,
+    body: bytes,
+    headers: dict[str, Any],
+    *,
+    content_type: str | None = "audio/pcm",
+    message_id: str | None = None,
+    routing_key: str | None = None,
+) -> None:
+    sensor = str(headers.get("sensor_id", "unknown"))
+    confirmation = await ch.basic_publish(
+        body,
+        exchange=exchange,
+        routing_key=routing_key or f"sensor.{sensor if wire.valid_sensor_id(sensor) else 'bad'}",
+        properties=Basic.Properties(
+            content_type=content_type,
+            message_id=message_id,
+            delivery_mode=2,
+            headers=headers,
+        ),
+    )
+    assert isinstance(confirmation, Basic.Ack)
+
+
+async def publish_pcm(
+    ch: aiormq.abc.AbstractChannel,
+    exchange: str,
+    sensor_id: str,
+    seq: int,
+    samples: np.ndarray,
+    rate: int,
+    *,
+    start_ns: int = START_NS,
+    encoding: str = "s16le",
+    channels: int = 1,
+) -> None:
+    frames = np.repeat(samples[:, None], channels, axis=1) if channels == 2 else samples
+    await publish(
+        ch,
+        exchange,
+        wire.encode_pcm(frames, encoding),
+        wire.headers_for(
+            sensor_id, seq, start_ns, sample_rate=rate, encoding=encoding, channels=channels
+        ),
+        message_id=wire.message_id(sensor_id, seq),
+    )
+
+
+async def queue_depth(ch: aiormq.abc.AbstractChannel, queue: str) -> int:
+    declared = await ch.queue_declare(queue, passive=True)
+    return int(declared.message_count or 0)
+
+
+async def delete_topology(url: str, names: dict[str, str]) -> None:
+    async with channel(url) as ch:
+        for queue in {names["queue"], names["dead_queue"]}:
+            await ch.queue_delete(queue)
+        for exchange in (names["audio_exchange"], names["dead_exchange"]):
+            await ch.exchange_delete(exchange)

@@ -1,0 +1,221 @@
+"""The service as a process: roles, SIGTERM drain, restart budget, migrate command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import asyncpg
+import httpx
+import pytest
+from support import (
+    START_NS,
+    channel,
+    delete_topology,
+    publish_pcm,
+    queue_depth,
+    running,
+    tone,
+    wait_for,
+)
+
+from soundstream import config
+from soundstream.errors import RestartBudgetExhausted
+from soundstream.supervisor import serve
+
+pytestmark = pytest.mark.slow
+
+
+def env_for(s: config.Settings, **extra: str) -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "SOUNDSTREAM_DATABASE_URL": s.database_url,
+        "SOUNDSTREAM_AMQP_URL": s.amqp_url,
+        "SOUNDSTREAM_HTTP_HOST": "127.0.0.1",
+        "SOUNDSTREAM_AUDIO_EXCHANGE": s.audio_exchange,
+        "SOUNDSTREAM_QUEUE": s.queue,
+        "SOUNDSTREAM_DEAD_EXCHANGE": s.dead_exchange,
+        "SOUNDSTREAM_DEAD_QUEUE": s.dead_queue,
+        "SOUNDSTREAM_WORKERS": "1",
+        "SOUNDSTREAM_LOG_FORMAT": "json",
+    }
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def names(settings: config.Settings) -> AsyncIterator[config.Settings]:
+    yield settings
+    await delete_topology(
+        settings.amqp_url,
+        {
+            "audio_exchange": settings.audio_exchange,
+            "queue": settings.queue,
+            "dead_exchange": settings.dead_exchange,
+            "dead_queue": settings.dead_queue,
+        },
+    )
+
+
+async def test_api_role_needs_no_broker(settings: config.Settings) -> None:
+    # An unreachable broker: the api role must not even try it.
+    s = config.replace(settings, roles=frozenset({"api"}), amqp_url="amqp://nobody:x@127.0.0.1:1/")
+    async with running(s) as service:
+        assert (await service.get("/v1/sensors")).json() == {"sensors": []}
+        assert (await service.get("/healthz")).status_code == 200
+
+
+async def test_ingest_role_serves_health_but_not_features(names: config.Settings) -> None:
+    s = config.replace(names, roles=frozenset({"ingest"}))
+    async with running(s) as service:
+        assert (await service.get("/healthz")).status_code == 200
+        assert (await service.get("/readyz")).status_code == 200
+        assert (await service.get("/v1/sensors")).status_code == 404
+
+
+async def test_readiness_names_the_unreachable_database(settings: config.Settings) -> None:
+    s = config.replace(
+        settings, roles=frozenset({"api"}), database_url="postgresql://postgres@127.0.0.1:1/x"
+    )
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(serve, s, stop)
+        async with httpx.AsyncClient() as client:
+            answer = await client.get(f"http://127.0.0.1:{port}/readyz")
+            assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+        stop.set()
+    assert answer.status_code == 503
+    assert "database" in answer.text
+
+
+async def test_restart_budget_exhausted_ends_the_process(
+    names: config.Settings, tmp_path: Path
+) -> None:
+    # A database without the schema: the writer fails at start, every time.
+    bare = names.database_url.rsplit("/", 1)[0] + "/postgres"
+    s = config.replace(names, database_url=bare, max_restarts=1, roles=frozenset({"ingest"}))
+    started = time.monotonic()
+    with pytest.raises(RestartBudgetExhausted):
+        await serve(s)
+    assert time.monotonic() - started < 30
+
+    result = subprocess.run(
+        [sys.executable, "-m", "soundstream", "serve"],
+        env=env_for(
+            s, SOUNDSTREAM_MAX_RESTARTS="0", SOUNDSTREAM_ROLES="ingest", SOUNDSTREAM_HTTP_PORT="0"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "restart_budget_exhausted" in result.stderr
+    assert "soundstream migrate" in result.stderr
+
+
+async def test_sigterm_mid_stream_drains_and_loses_nothing(names: config.Settings) -> None:
+    s = names
+    total = 120
+    port = free_port()
+    env = env_for(s, SOUNDSTREAM_HTTP_PORT=str(port), SOUNDSTREAM_BATCH_MAX_CHUNKS="8")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "soundstream", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        async with httpx.AsyncClient() as client:
+
+            async def ready() -> bool:
+                try:
+                    return (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await wait_for(ready, timeout=60)
+        async with channel(s.amqp_url) as ch:
+            for seq in range(total):
+                await publish_pcm(
+                    ch,
+                    s.audio_exchange,
+                    "term",
+                    seq,
+                    tone(0.5, 16000, seed=seq),
+                    16000,
+                    start_ns=START_NS + seq * 5 * 10**8,
+                )
+            await wait_for(lambda: _stored_at_least(s.database_url, 5))
+            process.send_signal(signal.SIGTERM)
+            code = await anyio.to_thread.run_sync(lambda: process.wait(timeout=30))
+            output = process.stdout.read().decode() if process.stdout else ""
+            assert code == 0, output
+            assert "shutdown_requested" in output
+            stored = await _stored(s.database_url)
+            left = await queue_depth(ch, s.queue)
+            # Every chunk is either committed (and acked) or still queued; none is lost.
+            assert stored + left >= total
+            assert stored < total or left == 0
+
+        # A second replica takes over the rest; every chunk ends up stored exactly once.
+        async with running(s):
+            await wait_for(lambda: _stored_at_least(s.database_url, total), timeout=60)
+        assert await _stored(s.database_url) == total
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+async def _stored(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM chunks"))
+    finally:
+        await conn.close()
+
+
+async def _stored_at_least(url: str, n: int) -> bool:
+    return await _stored(url) >= n
+
+
+def test_migrate_command_is_idempotent(settings: config.Settings) -> None:
+    fresh = settings.database_url + "_cli"
+    env = env_for(settings, SOUNDSTREAM_DATABASE_URL=fresh)
+    try:
+        for expected in ("1 migration(s) applied", "0 migration(s) applied"):
+            result = subprocess.run(
+                [sys.executable, "-m", "soundstream", "migrate"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr
+            assert expected in result.stdout
+    finally:
+        anyio.run(_drop, fresh.rsplit("/", 1)[1])
+
+
+async def _drop(name: str) -> None:
+    conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()

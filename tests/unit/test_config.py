@@ -1,0 +1,127 @@
+"""Every setting: its default, a good value, and what a bad one gets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from soundstream import config
+from soundstream.errors import SettingsError
+
+
+def test_defaults_match_the_design() -> None:
+    s = config.load({})
+    assert s.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"
+    assert s.database_url.startswith("postgresql://")
+    assert (s.http_host, s.http_port) == ("0.0.0.0", 8080)
+    assert s.roles == {"ingest", "api"}
+    assert (s.n_fft, s.hop, s.n_mels, s.n_mfcc, s.rolloff) == (1024, 512, 32, 13, 0.85)
+    assert s.api_keys == ()
+    assert (s.audio_exchange, s.queue, s.dead_exchange, s.dead_queue) == (
+        "soundstream.audio",
+        "soundstream.features",
+        "soundstream.dead",
+        "soundstream.dead",
+    )
+
+
+def test_values_are_parsed() -> None:
+    s = config.load(
+        {
+            "SOUNDSTREAM_HTTP_PORT": " 9000 ",
+            "SOUNDSTREAM_ROLES": "api",
+            "SOUNDSTREAM_N_FFT": "2048",
+            "SOUNDSTREAM_API_KEYS": "k" * 16 + ", " + "j" * 20,
+            "SOUNDSTREAM_AMQP_URL": "amqps://u:p@broker:5671/vh",
+            "SOUNDSTREAM_ROLLOFF": "0.9",
+        }
+    )
+    assert s.http_port == 9000 and s.roles == {"api"} and s.n_fft == 2048
+    assert s.api_keys == ("k" * 16, "j" * 20)
+    assert s.ingest is False and s.api is True
+    assert s.rolloff == 0.9
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(AttributeError):
+        config.load({}).http_port = 1  # type: ignore[misc]
+
+
+BAD = [
+    ("SOUNDSTREAM_HTTP_PORT", "abc", "must be an integer"),
+    ("SOUNDSTREAM_HTTP_PORT", "70000", "between 0 and 65535"),
+    ("SOUNDSTREAM_ROLES", "ingest,web", "must be 'ingest', 'api'"),
+    ("SOUNDSTREAM_ROLES", " , ", "must be 'ingest', 'api'"),
+    ("SOUNDSTREAM_N_FFT", "8", "between 16"),
+    ("SOUNDSTREAM_HOP", "0", "between 1"),
+    ("SOUNDSTREAM_N_MELS", "-3", "between 1"),
+    ("SOUNDSTREAM_ROLLOFF", "0", "must be in (0.0"),
+    ("SOUNDSTREAM_ROLLOFF", "x", "must be a number"),
+    ("SOUNDSTREAM_AMQP_URL", "http://broker", "must be a URL starting with amqp://"),
+    ("SOUNDSTREAM_DATABASE_URL", "mysql://db", "postgresql://"),
+    ("SOUNDSTREAM_API_KEYS", "short", "at least 16"),
+    ("SOUNDSTREAM_LOG_FORMAT", "xml", "must be one of"),
+    ("SOUNDSTREAM_HTTP_HOST", "a b", "host name"),
+    ("SOUNDSTREAM_QUEUE", "", "non-empty"),
+    ("SOUNDSTREAM_WORKERS", "0", "between 1"),
+]
+
+
+@pytest.mark.parametrize(("name", "raw", "message"), BAD)
+def test_bad_value_names_the_variable(name: str, raw: str, message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        config.load({name: raw})
+    assert caught.value.variable == name
+    assert str(caught.value).startswith(name + ": ")
+    assert message in str(caught.value)
+
+
+def test_combinations_are_checked() -> None:
+    with pytest.raises(SettingsError, match="SOUNDSTREAM_HOP: must not exceed"):
+        config.load({"SOUNDSTREAM_N_FFT": "256", "SOUNDSTREAM_HOP": "512"})
+    with pytest.raises(SettingsError, match="SOUNDSTREAM_N_MFCC"):
+        config.load({"SOUNDSTREAM_N_MELS": "10", "SOUNDSTREAM_N_MFCC": "13"})
+    with pytest.raises(SettingsError, match="SOUNDSTREAM_PREFETCH"):
+        config.load({"SOUNDSTREAM_PREFETCH": "3"})
+
+
+def test_urls_are_never_echoed() -> None:
+    with pytest.raises(SettingsError) as caught:
+        config.load({"SOUNDSTREAM_DATABASE_URL": "mysql://user:hunter2@db/x"})
+    assert "hunter2" not in str(caught.value)
+    assert "hunter2" not in repr(config.load({"SOUNDSTREAM_AMQP_URL": "amqp://u:hunter2@h/"}))
+
+
+def test_secret_files(tmp_path: Path) -> None:
+    secret = tmp_path / "db"
+    secret.write_text("postgresql://app:s3cret@db:5432/sound\n")
+    s = config.load({"SOUNDSTREAM_DATABASE_URL_FILE": str(secret)})
+    assert s.database_url == "postgresql://app:s3cret@db:5432/sound"
+    with pytest.raises(SettingsError, match="SOUNDSTREAM_API_KEYS_FILE: cannot read"):
+        config.load({"SOUNDSTREAM_API_KEYS_FILE": str(tmp_path / "missing")})
+    with pytest.raises(SettingsError, match="not both"):
+        config.load({"SOUNDSTREAM_DATABASE_URL_FILE": str(secret), "SOUNDSTREAM_DATABASE_URL": "x"})
+
+
+def test_prefetch_is_derived_from_the_buffers() -> None:
+    s = config.load({"SOUNDSTREAM_WORKERS": "2", "SOUNDSTREAM_CHUNKS_PER_TASK": "4"})
+    assert s.effective_prefetch == 2 * s.batch_max_chunks + 2 * 2 * 4
+    assert config.load({"SOUNDSTREAM_PREFETCH": "500"}).effective_prefetch == 500
+
+
+def test_cli_exits_2_with_one_line_naming_the_variable() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "soundstream", "serve"],
+        env={"SOUNDSTREAM_HTTP_PORT": "eighty", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "SOUNDSTREAM_HTTP_PORT" in lines[0] and "eighty" in lines[0]
