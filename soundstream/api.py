@@ -37,7 +37,6 @@ ReadinessCheck = Callable[[], Awaitable[list[str]]]
 """Returns the reasons the process is *not* ready; an empty list means ready."""
 
 FORMATS = ("json", "ndjson", "csv")
-DEFAULT_LIMIT, MAX_LIMIT = 1000, 10_000
 # Failures that mean "the database cannot be reached right now", answered with 503
 # so that clients and load balancers retry instead of reporting a bug.
 DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
@@ -141,14 +140,18 @@ class _Sensors:
         token = _one(query, "cursor")
         after = cursor.decode(token, sensor_id, start, end) if token else None
 
-        page = await queries.features(self._pool, sensor_id, start, end, fields, limit, after)
+        page = await queries.features(
+            self._pool, sensor_id, start=start, end=end, fields=fields, limit=limit, after_ts=after
+        )
         following = cursor.encode(sensor_id, start, end, page.rows[-1][0]) if page.more else None
         headers = _next_page_headers(request, following)
         if form == "json":
             body = {"sensor_id": sensor_id, "frames": _frames(page.rows, fields), "next": following}
             return ORJSONResponse(body, headers=headers)
         if form == "ndjson":
-            lines = b"".join(orjson.dumps(frame, option=_NUMPY) + b"\n" for frame in _frames(page.rows, fields))
+            lines = b"".join(
+                orjson.dumps(frame, option=_NUMPY) + b"\n" for frame in _frames(page.rows, fields)
+            )
             return Response(lines, media_type="application/x-ndjson", headers=headers)
         table = _csv(page.rows, fields, self._widths)
         return Response(table, media_type="text/csv; header=present", headers=headers)
@@ -238,12 +241,14 @@ def _fields(query: QueryParams) -> list[str]:
 def _limit(query: QueryParams) -> int:
     text = _one(query, "limit")
     if text is None or text == "":
-        return DEFAULT_LIMIT
+        return queries.DEFAULT_LIMIT
     # Plain ASCII digits only: int() would also take "+5", "1_000" and other scripts.
     if not (text.isascii() and text.isdigit() and len(text) <= 6) or not (
-        1 <= int(text) <= MAX_LIMIT
+        1 <= int(text) <= queries.MAX_LIMIT
     ):
-        raise BadRequest("limit", f"limit must be an integer from 1 to {MAX_LIMIT}; got {text!r:.20}")
+        raise BadRequest(
+            "limit", f"limit must be an integer from 1 to {queries.MAX_LIMIT}; got {text!r:.20}"
+        )
     return int(text)
 
 

@@ -19,6 +19,9 @@ SCALAR_FIELDS = ("rms", "zcr", "centroid", "bandwidth", "rolloff", "flatness", "
 ARRAY_FIELDS = ("mel", "mfcc")
 FEATURE_FIELDS = SCALAR_FIELDS + ARRAY_FIELDS
 
+# Frames per features page: the default, and the most one request may read.
+DEFAULT_LIMIT, MAX_LIMIT = 1000, 10_000
+
 # ``missing_seq`` lists at most this many ranges, the lowest seqs first, so that a
 # sensor with pathological loss cannot make its status answer unbounded. Lowest
 # first keeps the list stable while new chunks arrive.
@@ -97,6 +100,7 @@ async def sensor_status(pool: asyncpg.Pool, sensor_id: str) -> SensorStatus | No
 async def features(
     pool: asyncpg.Pool,
     sensor_id: str,
+    *,
     start: datetime,
     end: datetime,
     fields: Sequence[str],

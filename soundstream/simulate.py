@@ -56,9 +56,9 @@ class SimulateOptions:
 
 @dataclass(frozen=True)
 class Summary:
-    chunks: int
-    bytes: int
-    seconds: float
+    chunks: int  # confirmed by the broker
+    bytes: int  # of message bodies
+    seconds: float  # from the first publish to the last confirmation
 
     @property
     def msg_per_s(self) -> float:
@@ -93,6 +93,11 @@ class _Sensor:
         # From the sample offset, so chunk durations that are not a whole number of
         # nanoseconds never accumulate rounding error.
         return t0 + sample * 10**9 // self.sample_rate
+
+    def end_ns(self, t0: int, k: int) -> int:
+        """When the last sample of chunk ``k`` is over."""
+        start, count = self.span(k)
+        return self.time_ns(t0, start + count)
 
 
 @dataclass(frozen=True)
@@ -255,7 +260,7 @@ async def _produce(
     async with send:
         for k in range(chunks):
             if realtime:
-                end = max(s.time_ns(t0, sum(s.span(k))) for s in sensors)
+                end = max(sensor.end_ns(t0, k) for sensor in sensors)
                 await anyio.sleep(max(0.0, (mono0 + (end - t0) - time.monotonic_ns()) / 1e9))
             for sensor in sensors:
                 await send.send(_message(sensor, k, t0))

@@ -1,0 +1,734 @@
+"""The HTTP API against a real, freshly migrated PostgreSQL database, seeded with SQL."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import asyncpg
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route
+
+from soundstream import api, config, cursor, openapi, queries
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+HOP = timedelta(microseconds=32_000)
+KEY = "k" * 20
+OTHER_KEY = "another-key-0123456789"
+API = config.load({}, roles=frozenset({"api"}))
+SCALARS = list(queries.SCALAR_FIELDS)
+
+
+def iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def ts(i: int) -> datetime:
+    return T0 + i * HOP
+
+
+async def ready_ok() -> list[str]:
+    return []
+
+
+def client_for(app: Starlette, **kwargs: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, **kwargs), base_url="http://t")
+
+
+@pytest.fixture
+async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
+    async with asyncpg.create_pool(database, min_size=1, max_size=4) as pool:
+        yield pool
+
+
+@pytest.fixture
+async def client(pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_for(api.create_app(API, pool=pool, ready=ready_ok)) as client:
+        yield client
+
+
+# --- seeding ----------------------------------------------------------------------
+# Frame i of a seeded sensor is at ts(i) and carries values exact in float32, so the
+# expected JSON can be written down: rms i/4, zcr 0.5, centroid 1000+i, bandwidth 200,
+# rolloff 3000, flatness 0.125, dominant_hz 440, mel[k] = i + k/4, mfcc[k] = -k.
+
+
+def expected_frame(i: int, fields: list[str] | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {
+        "ts": iso(ts(i)),
+        "rms": i / 4,
+        "zcr": 0.5,
+        "centroid": 1000.0 + i,
+        "bandwidth": 200.0,
+        "rolloff": 3000.0,
+        "flatness": 0.125,
+        "dominant_hz": 440.0,
+        "mel": [i + k / 4 for k in range(32)],
+        "mfcc": [float(-k) for k in range(13)],
+    }
+    if fields is not None:
+        frame = {name: frame[name] for name in ["ts", *fields]}
+    return frame
+
+
+async def add_frames(pool: asyncpg.Pool, sensor_id: str, count: int) -> None:
+    await pool.execute(
+        """
+        INSERT INTO frames (sensor_id, ts, seq, rms, zcr, centroid, bandwidth, rolloff,
+                            flatness, dominant_hz, mel, mfcc)
+        SELECT $1, $2::timestamptz + i * $3::interval, i / 31, i / 4.0, 0.5, 1000 + i, 200,
+               3000, 0.125, 440,
+               ARRAY(SELECT (i + k / 4.0)::real FROM generate_series(0, 31) AS k),
+               ARRAY(SELECT (-k)::real FROM generate_series(0, 12) AS k)
+        FROM generate_series(0, $4 - 1) AS i
+        """,
+        sensor_id,
+        T0,
+        HOP,
+        count,
+    )
+
+
+async def add_sensor(
+    pool: asyncpg.Pool,
+    sensor_id: str,
+    seqs: list[int],
+    *,
+    frames: int = 0,
+    received_at: datetime = T0,
+) -> None:
+    await pool.execute(
+        """INSERT INTO chunks SELECT $1, s, $2, 16000, 16000, 31, $2
+           FROM unnest($3::bigint[]) AS s""",
+        sensor_id,
+        T0,
+        seqs,
+    )
+    await pool.execute(
+        "INSERT INTO sensors VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        sensor_id,
+        ts(0) if frames else None,
+        ts(frames - 1) if frames else None,
+        len(seqs),
+        frames,
+        max(seqs),
+        received_at,
+    )
+
+
+def assert_problem(
+    response: httpx.Response, status: int, parameter: str | None = None
+) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["type"] == "about:blank"
+    assert body["status"] == status
+    assert body["title"] and body["detail"]
+    assert body.get("parameter") == parameter
+    return body
+
+
+# --- sensors ----------------------------------------------------------------------
+
+
+async def test_lists_sensors(pool: asyncpg.Pool, client: httpx.AsyncClient) -> None:
+    assert (await client.get("/v1/sensors")).json() == {"sensors": []}
+    await add_sensor(pool, "mic-2", [0, 1], frames=62)
+    await add_sensor(pool, "mic-1", [0])  # a chunk too short for a frame
+    answer = await client.get("/v1/sensors")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json() == {
+        "sensors": [
+            {"sensor_id": "mic-1", "first_ts": None, "last_ts": None, "chunks": 1, "frames": 0},
+            {
+                "sensor_id": "mic-2",
+                "first_ts": "2026-01-01T00:00:00.000000Z",
+                "last_ts": "2026-01-01T00:00:01.952000Z",
+                "chunks": 2,
+                "frames": 62,
+            },
+        ]
+    }
+
+
+async def test_status_reports_missing_seq_ranges(
+    pool: asyncpg.Pool, client: httpx.AsyncClient
+) -> None:
+    received = T0 + timedelta(seconds=5, microseconds=7)
+    await add_sensor(pool, "mic-1", [0, 1, 2, 5, 6, 9], frames=10, received_at=received)
+    await add_sensor(pool, "late", [3, 4, 8])
+    await add_sensor(pool, "whole", [0, 1, 2])
+    status = (await client.get("/v1/sensors/mic-1")).json()
+    assert status == {
+        "sensor_id": "mic-1",
+        "first_ts": "2026-01-01T00:00:00.000000Z",
+        "last_ts": "2026-01-01T00:00:00.288000Z",
+        "chunks": 6,
+        "frames": 10,
+        "last_seq": 9,
+        "missing_seq": [[3, 4], [7, 8]],
+        "last_received_at": "2026-01-01T00:00:05.000007Z",
+    }
+    assert (await client.get("/v1/sensors/late")).json()["missing_seq"] == [[0, 2], [5, 7]]
+    assert (await client.get("/v1/sensors/whole")).json()["missing_seq"] == []
+
+
+async def test_missing_seq_ranges_are_capped(pool: asyncpg.Pool, client: httpx.AsyncClient) -> None:
+    cap = queries.MAX_MISSING_RANGES
+    await add_sensor(pool, "lossy", list(range(0, 2 * cap + 10, 2)))  # every odd seq lost
+    missing = (await client.get("/v1/sensors/lossy")).json()["missing_seq"]
+    assert len(missing) == cap
+    assert missing[0] == [1, 1] and missing[-1] == [2 * cap - 1, 2 * cap - 1]
+
+
+async def test_unknown_and_invalid_sensors(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/v1/sensors/nobody"), 404)
+    assert_problem(await client.get("/v1/sensors/no%20body"), 400, "sensor_id")
+    assert_problem(await client.get("/v1/sensors/" + "x" * 65), 400, "sensor_id")
+
+
+# --- features ---------------------------------------------------------------------
+
+
+async def test_features_are_the_exact_rows(pool: asyncpg.Pool, client: httpx.AsyncClient) -> None:
+    await add_frames(pool, "mic-1", 20)
+    await add_frames(pool, "mic-2", 20)
+    # start inclusive, end exclusive; both given with an offset.
+    start = (ts(3) + timedelta(hours=1)).isoformat().replace("+00:00", "+01:00")
+    answer = await client.get(
+        "/v1/sensors/mic-1/features",
+        params={"start": start, "end": iso(ts(7))},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "sensor_id": "mic-1",
+        "frames": [expected_frame(i) for i in range(3, 7)],
+        "next": None,
+    }
+    assert "link" not in answer.headers and "x-next-cursor" not in answer.headers
+
+
+async def test_features_render_reals_at_their_own_precision(
+    pool: asyncpg.Pool, client: httpx.AsyncClient
+) -> None:
+    await pool.execute(
+        """INSERT INTO frames VALUES ('mic-1', $1, 0, 0.1234, 0.1, 1e-7, 3.4e38, 1, 1, 1,
+                                      '{0.3}', '{-0.7}')""",
+        T0,
+    )
+    answer = await client.get(
+        "/v1/sensors/mic-1/features", params={"start": iso(T0), "end": iso(ts(1))}
+    )
+    assert answer.text.startswith(
+        '{"sensor_id":"mic-1","frames":[{"ts":"2026-01-01T00:00:00.000000Z","rms":0.1234,'
+        '"zcr":0.1,"centroid":1e-7,"bandwidth":3.4e+38,'
+    )
+    assert '"mel":[0.3],"mfcc":[-0.7]' in answer.text
+
+
+async def test_unknown_sensor_has_an_empty_page(client: httpx.AsyncClient) -> None:
+    answer = await client.get(
+        "/v1/sensors/nobody/features", params={"start": iso(T0), "end": iso(ts(100))}
+    )
+    assert answer.json() == {"sensor_id": "nobody", "frames": [], "next": None}
+
+
+async def walk(
+    client: httpx.AsyncClient, path: str, params: dict[str, str]
+) -> tuple[list[str], int]:
+    """Every ts of a paged query in JSON, following ``next``; and the page count."""
+    seen: list[str] = []
+    pages = 0
+    token: str | None = None
+    while True:
+        answer = await client.get(path, params={**params, **({"cursor": token} if token else {})})
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        pages += 1
+        seen += [frame["ts"] for frame in page["frames"]]
+        token = page["next"]
+        if token is None:
+            return seen, pages
+        assert answer.headers["x-next-cursor"] == token
+
+
+async def test_pagination_walks_a_range_without_gaps_or_repeats(
+    pool: asyncpg.Pool, client: httpx.AsyncClient
+) -> None:
+    await add_frames(pool, "mic-1", 2500)
+    path = "/v1/sensors/mic-1/features"
+    everything = {"start": iso(T0), "end": iso(ts(2500)), "limit": "300", "fields": "rms"}
+    seen, pages = await walk(client, path, everything)
+    assert seen == [iso(ts(i)) for i in range(2500)]
+    assert pages == 9
+    # A range that is a whole number of pages ends with next: null, not an empty page;
+    # a start one microsecond after a frame leaves that frame out.
+    inner = {**everything, "start": iso(ts(9) + timedelta(microseconds=1)), "end": iso(ts(2410))}
+    seen, pages = await walk(client, path, inner)
+    assert seen == [iso(ts(i)) for i in range(10, 2410)]
+    assert pages == 8
+    # Default limit.
+    seen, pages = await walk(client, path, {"start": iso(T0), "end": iso(ts(2500))})
+    assert len(seen) == 2500 and pages == 3
+
+
+async def test_ndjson_pages_link_to_the_next(pool: asyncpg.Pool, client: httpx.AsyncClient) -> None:
+    await add_frames(pool, "mic-1", 25)
+    url = f"/v1/sensors/mic-1/features?start={iso(T0)}&end={iso(ts(25))}&format=ndjson&limit=10"
+    url += "&unknown=kept&fields=zcr"
+    lines: list[str] = []
+    pages = 0
+    while url:
+        answer = await client.get(url)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"] == "application/x-ndjson"
+        assert answer.text.endswith("\n") or answer.text == ""
+        lines += answer.text.splitlines()
+        pages += 1
+        link = answer.headers.get("link")
+        if link is None:
+            assert "x-next-cursor" not in answer.headers
+            break
+        match = re.fullmatch(r'<([^>]+)>; rel="next"', link)
+        assert match is not None
+        url = match[1]
+        target = urlsplit(url)
+        assert target.path == "/v1/sensors/mic-1/features"
+        query = dict(parse_qsl(target.query))
+        assert query["cursor"] == answer.headers["x-next-cursor"]
+        assert query["format"] == "ndjson" and query["unknown"] == "kept"
+    assert pages == 3
+    assert [httpx.Response(200, content=line).json() for line in lines] == [
+        {"ts": iso(ts(i)), "zcr": 0.5} for i in range(25)
+    ]
+
+
+async def test_csv(pool: asyncpg.Pool, client: httpx.AsyncClient) -> None:
+    await add_frames(pool, "mic-1", 3)
+    # A frame stored with fewer mel bands than configured gets empty cells.
+    await pool.execute(
+        "INSERT INTO frames VALUES ('mic-1', $1, 9, 1, 1, 1, 1, 1, 1, 1, '{0.5,1.5}', '{}')",
+        ts(3),
+    )
+    answer = await client.get(
+        "/v1/sensors/mic-1/features",
+        params={"start": iso(T0), "end": iso(ts(9)), "format": "csv", "limit": "3"},
+    )
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/csv")
+    rows = answer.text.split("\r\n")
+    assert rows[-1] == ""
+    header = rows[0].split(",")
+    mel = [f"mel_{k}" for k in range(API.n_mels)]
+    mfcc = [f"mfcc_{k}" for k in range(API.n_mfcc)]
+    assert header == ["ts", *SCALARS, *mel, *mfcc]
+    assert len(rows) == 1 + 3 + 1
+    for i, row in enumerate(rows[1:4]):
+        frame = expected_frame(i)
+        cells = [frame["ts"], *(frame[name] for name in SCALARS), *frame["mel"], *frame["mfcc"]]
+        assert row.split(",") == [cells[0], *(repr(float(c)) for c in cells[1:])]
+    assert answer.headers["x-next-cursor"]
+
+    link = re.fullmatch(r'<([^>]+)>; rel="next"', answer.headers["link"])
+    assert link is not None
+    last = await client.get(link[1])
+    rows = last.text.split("\r\n")
+    assert rows[0].split(",") == header and len(rows) == 3
+    cells = rows[1].split(",")
+    assert cells[0] == iso(ts(3))
+    assert cells[8:10] == ["0.5", "1.5"] and cells[10:] == [""] * (len(header) - 10)
+    assert "link" not in last.headers
+
+    selected = await client.get(
+        "/v1/sensors/mic-1/features",
+        params={"start": iso(T0), "end": iso(ts(1)), "format": "csv", "fields": "mfcc,zcr"},
+    )
+    assert (
+        selected.text
+        == ",".join(["ts", "zcr", *mfcc])
+        + "\r\n"
+        + ",".join([iso(T0), "0.5", *(repr(float(-k)) for k in range(13))])
+        + "\r\n"
+    )
+
+
+async def test_csv_of_an_empty_page_is_its_header(client: httpx.AsyncClient) -> None:
+    answer = await client.get(
+        "/v1/sensors/nobody/features",
+        params={"start": iso(T0), "end": iso(ts(1)), "format": "csv", "fields": "rms"},
+    )
+    assert answer.text == "ts,rms\r\n"
+
+
+@pytest.mark.parametrize(
+    ("query", "fields"),
+    [
+        ("fields=rms,mel", ["rms", "mel"]),
+        ("fields=mfcc,rms,,rms", ["rms", "mfcc"]),  # canonical order, blanks and repeats dropped
+        ("fields=%20dominant_hz%20,ts", ["dominant_hz"]),
+        ("fields=ts", []),
+        ("fields=rms&fields=zcr", ["rms", "zcr"]),
+        ("fields=", SCALARS + ["mel", "mfcc"]),
+        ("", SCALARS + ["mel", "mfcc"]),
+    ],
+)
+async def test_fields_choose_columns(
+    pool: asyncpg.Pool, client: httpx.AsyncClient, query: str, fields: list[str]
+) -> None:
+    await add_frames(pool, "mic-1", 2)
+    answer = await client.get(
+        f"/v1/sensors/mic-1/features?start={iso(T0)}&end={iso(ts(2))}&{query}"
+    )
+    frames = answer.json()["frames"]
+    assert frames == [expected_frame(i, fields) for i in range(2)]
+    assert [list(frame) for frame in frames] == [["ts", *fields]] * 2
+
+
+GOOD = f"start={iso(T0)}&end={iso(ts(10))}"
+FOREIGN_CURSOR = cursor.encode("mic-1", T0 - HOP, ts(10), T0)
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "parameter"),
+    [
+        ("mic-1", f"end={iso(ts(10))}", "start"),
+        ("mic-1", f"start=&end={iso(ts(10))}", "start"),
+        ("mic-1", f"start=yesterday&end={iso(ts(10))}", "start"),
+        ("mic-1", f"start=2026-01-01T00:00:00&end={iso(ts(10))}", "start"),
+        ("mic-1", f"start=2026-02-30T00:00:00Z&end={iso(ts(10))}", "start"),
+        ("mic-1", f"start={iso(T0)}&start={iso(ts(1))}&end={iso(ts(10))}", "start"),
+        ("mic-1", f"start={iso(T0)}", "end"),
+        ("mic-1", f"start={iso(T0)}&end=2026-01-01", "end"),
+        ("mic-1", f"start={iso(T0)}&end={iso(T0)}", "end"),
+        ("mic-1", f"start={iso(ts(1))}&end={iso(T0)}", "end"),
+        ("mic-1", f"{GOOD}&fields=rms,loudness", "fields"),
+        ("mic-1", f"{GOOD}&fields=RMS", "fields"),
+        ("mic-1", f"{GOOD}&fields=rms;zcr", "fields"),
+        ("mic-1", f"{GOOD}&limit=0", "limit"),
+        ("mic-1", f"{GOOD}&limit=10001", "limit"),
+        ("mic-1", f"{GOOD}&limit=abc", "limit"),
+        ("mic-1", f"{GOOD}&limit=-1", "limit"),
+        ("mic-1", f"{GOOD}&limit=1.5", "limit"),
+        ("mic-1", f"{GOOD}&limit=%2B5", "limit"),
+        ("mic-1", f"{GOOD}&limit=1&limit=2", "limit"),
+        ("mic-1", f"{GOOD}&cursor=not-a-cursor", "cursor"),
+        ("mic-1", f"{GOOD}&cursor={FOREIGN_CURSOR}", "cursor"),
+        ("mic-2", f"{GOOD}&cursor={cursor.encode('mic-1', T0, ts(10), T0)}", "cursor"),
+        ("mic-1", f"{GOOD}&format=xml", "format"),
+        ("mic-1", f"{GOOD}&format=JSON", "format"),
+        ("mic%201", GOOD, "sensor_id"),
+        ("mic%C3%A9", GOOD, "sensor_id"),
+        ("m" * 65, GOOD, "sensor_id"),
+    ],
+)
+async def test_bad_parameters_are_named(
+    client: httpx.AsyncClient, path: str, query: str, parameter: str
+) -> None:
+    assert_problem(await client.get(f"/v1/sensors/{path}/features?{query}"), 400, parameter)
+
+
+async def test_cursor_from_another_query_is_refused(
+    pool: asyncpg.Pool, client: httpx.AsyncClient
+) -> None:
+    await add_frames(pool, "mic-1", 10)
+    first = await client.get(f"/v1/sensors/mic-1/features?{GOOD}&limit=2")
+    token = first.json()["next"]
+    assert token
+    moved = f"start={iso(ts(1))}&end={iso(ts(10))}&cursor={token}"
+    body = assert_problem(await client.get(f"/v1/sensors/mic-1/features?{moved}"), 400, "cursor")
+    assert "different query" in body["detail"]
+    # Changing limit, fields or format between pages is fine.
+    follow = await client.get(
+        f"/v1/sensors/mic-1/features?{GOOD}&cursor={token}&limit=5&fields=rms"
+    )
+    assert [f["ts"] for f in follow.json()["frames"]] == [iso(ts(i)) for i in range(2, 7)]
+
+
+async def asgi_get(app: Starlette, path: str, query: bytes) -> int:
+    """Status of a request whose raw query bytes no HTTP client would send."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"t")],
+        "client": ("127.0.0.1", 1),
+        "server": ("t", 80),
+    }
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app(scope, receive, send)
+    return statuses[0]
+
+
+async def test_no_request_gets_a_5xx(pool: asyncpg.Pool) -> None:
+    app = api.create_app(API, pool=pool, ready=ready_ok)
+    huge = "9" * 100_000
+    queries_ = [
+        f"start=%FF%FE&end={iso(ts(1))}",
+        f"{GOOD}&fields=%FF,%00,rms",
+        f"{GOOD}&cursor=%FF%FE%00",
+        f"{GOOD}&format=%00",
+        f"start={huge}&end={huge}",
+        f"{GOOD}&limit={huge}",
+        f"{GOOD}&fields={'rms,' * 20_000}",
+        f"{GOOD}&cursor={'A' * 100_000}",
+        f"{GOOD}&{GOOD}",
+        f"{GOOD}&x=1&x=2&=&&&==",
+        "start=0001-01-01T00:00:00Z&end=9999-12-31T23:59:59.999999Z",
+        "start=0001-01-01T00:00:00Z&end=9999-12-31T23:59:59.999999Z&limit=10000",
+        f"{GOOD}&limit=00000000001",
+    ]
+    async with client_for(app) as client:
+        for query in queries_:
+            for path in ("mic-1", "%FF", "..", "a%2Fb"):
+                answer = await client.get(f"/v1/sensors/{path}/features?{query}")
+                assert answer.status_code < 500, (path, query[:80], answer.text)
+        for path in ("/v1/sensors/%FF", "/v1/sensors/%00", "/v1//sensors", "/v1/", "/v2"):
+            assert (await client.get(path)).status_code < 500, path
+    for raw in (b"start=\xff\xfe&end=\x00", b"fields=\xc3&" + GOOD.encode(), b"%%%&&=="):
+        assert await asgi_get(app, "/v1/sensors/mic-1/features", raw) == 400
+
+
+async def test_database_outage_is_503() -> None:
+    # Nothing listens on port 1; with min_size=0 the pool only connects on use.
+    async with asyncpg.create_pool(
+        "postgresql://postgres@127.0.0.1:1/none", min_size=0, max_size=1
+    ) as pool:
+        app = api.create_app(API, pool=pool, ready=ready_ok)
+        async with client_for(app) as client:
+            answer = await client.get("/v1/sensors")
+    assert_problem(answer, 503)
+    assert answer.headers["retry-after"]
+
+
+async def test_unexpected_errors_are_500_problems() -> None:
+    app = api.create_app(API, pool=object(), ready=ready_ok)  # a "pool" that cannot fetch
+    async with client_for(app, raise_app_exceptions=False) as client:
+        assert_problem(await client.get("/v1/sensors"), 500)
+
+
+async def test_routing_errors_are_problems(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/nowhere"), 404)
+    answer = await client.post("/v1/sensors")
+    assert_problem(answer, 405)
+    assert "GET" in answer.headers["allow"]
+
+
+# --- auth -------------------------------------------------------------------------
+
+
+async def test_bearer_keys_guard_v1_only(pool: asyncpg.Pool) -> None:
+    settings = config.replace(API, api_keys=(KEY, OTHER_KEY))
+    app = api.create_app(settings, pool=pool, ready=ready_ok)
+    async with client_for(app) as client:
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong-key-0123456789"},
+            {"Authorization": f"Bearer {KEY}x"},
+            {"Authorization": f"Basic {KEY}"},
+            {"Authorization": KEY},
+            {"Authorization": "Bearer"},
+            {"Authorization": "Bearer é"},
+        ):
+            for path in ("/v1/sensors", "/v1/sensors/mic-1", "/v1/nowhere"):
+                answer = await client.get(path, headers=headers)
+                assert_problem(answer, 401)
+                assert answer.headers["www-authenticate"].startswith("Bearer")
+        for key in (KEY, OTHER_KEY):
+            for scheme in ("Bearer", "bearer"):
+                answer = await client.get(
+                    "/v1/sensors", headers={"Authorization": f"{scheme} {key}"}
+                )
+                assert answer.status_code == 200
+        authorized = {"Authorization": f"Bearer {KEY}"}
+        assert_problem(await client.get("/v1/nowhere", headers=authorized), 404)
+        for path in ("/healthz", "/readyz", "/openapi.json"):
+            assert (await client.get(path)).status_code == 200
+
+
+async def test_without_keys_v1_is_open(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/v1/sensors")).status_code == 200
+    answer = await client.get("/v1/sensors", headers={"Authorization": "Bearer anything"})
+    assert answer.status_code == 200
+
+
+# --- health, readiness, roles -----------------------------------------------------
+
+
+async def test_health_and_readiness() -> None:
+    reasons: list[str] = []
+
+    async def ready() -> list[str]:
+        return list(reasons)
+
+    app = api.create_app(config.load({}, roles=frozenset({"ingest"})), pool=None, ready=ready)
+    async with client_for(app) as client:
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        assert (await client.get("/readyz")).json() == {"status": "ready"}
+        reasons += ["broker: connection refused", "writer: restarting"]
+        body = assert_problem(await client.get("/readyz"), 503)
+        assert body["reasons"] == reasons
+        assert "broker: connection refused" in body["detail"]
+        assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_a_failing_readiness_check_is_not_ready() -> None:
+    async def ready() -> list[str]:
+        raise ConnectionResetError
+
+    app = api.create_app(API, pool=object(), ready=ready)
+    async with client_for(app) as client:
+        body = assert_problem(await client.get("/readyz"), 503)
+    assert "ConnectionResetError" in body["reasons"][0]
+
+
+async def test_ingest_only_serves_no_v1() -> None:
+    settings = config.load({}, roles=frozenset({"ingest"}), api_keys=(KEY,))
+    app = api.create_app(settings, pool=None, ready=ready_ok)
+    async with client_for(app) as client:
+        for path in ("/v1/sensors", "/v1/sensors/mic-1", "/v1/sensors/mic-1/features"):
+            assert_problem(await client.get(path), 404)
+        document = (await client.get("/openapi.json")).json()
+    assert not [path for path in document["paths"] if path.startswith("/v1")]
+    assert document == openapi.document(api=False, auth=True)
+
+
+def test_api_role_needs_a_pool() -> None:
+    with pytest.raises(ValueError, match="pool"):
+        api.create_app(API, pool=None, ready=ready_ok)
+
+
+# --- OpenAPI ----------------------------------------------------------------------
+
+
+def served_operations(app: Starlette) -> set[tuple[str, str]]:
+    found = set()
+    for route in app.routes:
+        children = route.routes if isinstance(route, Mount) else [route]
+        prefix = route.path if isinstance(route, Mount) else ""
+        for child in children:
+            assert isinstance(child, Route)
+            for method in child.methods or ():
+                if method != "HEAD":
+                    found.add((prefix + child.path, method.lower()))
+    return found
+
+
+def parameters_read_by(module: ModuleType) -> set[str]:
+    """Names the handlers read: path_params[...] and the query helpers' literal names."""
+    tree = ast.parse(inspect.getsource(module))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            if isinstance(node.value, ast.Attribute) and node.value.attr == "path_params":
+                names.add(node.slice.value)
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            literal = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            if name in {"_one", "_timestamp", "getlist"} and literal:
+                names.add(literal[0])
+    return names
+
+
+def resolve(document: dict[str, Any], node: Any) -> Any:
+    if isinstance(node, dict) and "$ref" in node:
+        target: Any = document
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        return target
+    return node
+
+
+def all_refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if "$ref" in node else []
+        return own + [ref for value in node.values() for ref in all_refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in all_refs(value)]
+    return []
+
+
+async def test_openapi_describes_every_route(pool: asyncpg.Pool) -> None:
+    settings = config.replace(API, api_keys=(KEY,))
+    app = api.create_app(settings, pool=pool, ready=ready_ok)
+    async with client_for(app) as client:
+        answer = await client.get("/openapi.json")
+    assert answer.headers["content-type"] == "application/json"
+    document = answer.json()
+    assert document == openapi.document(api=True, auth=True)
+
+    assert document["openapi"] == "3.1.0"
+    assert isinstance(document["info"]["title"], str) and isinstance(
+        document["info"]["version"], str
+    )
+    for ref in all_refs(document):
+        assert ref.startswith("#/components/"), ref
+        resolve(document, {"$ref": ref})  # raises KeyError when dangling
+
+    operations = {(path, method) for path, item in document["paths"].items() for method in item}
+    assert operations == served_operations(app)
+    operation_ids = []
+    declared: set[str] = set()
+    for path, item in document["paths"].items():
+        for operation in item.values():
+            operation_ids.append(operation["operationId"])
+            parameters = [resolve(document, p) for p in operation.get("parameters", [])]
+            for parameter in parameters:
+                assert parameter["in"] in {"path", "query"} and "schema" in parameter
+                declared.add(parameter["name"])
+            in_path = {p["name"] for p in parameters if p["in"] == "path"}
+            assert in_path == set(re.findall(r"{(\w+)}", path))
+            assert all(p["required"] for p in parameters if p["in"] == "path")
+            for status, response in operation["responses"].items():
+                assert re.fullmatch(r"[1-5]\d\d", status) and response["description"]
+            if path.startswith("/v1"):
+                assert operation["security"] == [{"bearer": []}]
+                assert "401" in operation["responses"]
+    assert len(operation_ids) == len(set(operation_ids))
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+    features = document["paths"]["/v1/sensors/{sensor_id}/features"]["get"]
+    params = {p["name"]: resolve(document, p) for p in features["parameters"]}
+    assert parameters_read_by(api) <= set(params) <= declared
+    assert set(params) == {"sensor_id", "start", "end", "fields", "limit", "cursor", "format"}
+    assert params["start"]["required"] and params["end"]["required"]
+    assert params["limit"]["schema"]["minimum"] == 1
+    assert params["limit"]["schema"]["maximum"] == queries.MAX_LIMIT
+    assert params["limit"]["schema"]["default"] == queries.DEFAULT_LIMIT
+    assert params["format"]["schema"]["enum"] == list(api.FORMATS)
+    assert params["fields"]["schema"]["items"]["enum"] == ["ts", *queries.FEATURE_FIELDS]
+    assert set(features["responses"]["200"]["content"]) == {
+        "application/json",
+        "application/x-ndjson",
+        "text/csv",
+    }
+
+
+def test_openapi_without_keys_has_no_security() -> None:
+    document = openapi.document(api=True, auth=False)
+    assert "securitySchemes" not in document["components"]
+    assert all("security" not in op for item in document["paths"].values() for op in item.values())
