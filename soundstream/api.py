@@ -8,7 +8,7 @@ document are always served; ``/v1/*`` only by a process with the ``api`` role.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -283,37 +283,56 @@ def _summary(sensor: queries.Sensor) -> dict[str, Any]:
 
 
 def _frames(rows: Sequence[Any], fields: Sequence[str]) -> list[dict[str, Any]]:
-    columns = [(i, name, name in queries.ARRAY_FIELDS) for i, name in enumerate(fields, 1)]
-    frames = []
-    for row in rows:
-        frame: dict[str, Any] = {"ts": format_timestamp(row[0])}
-        for i, name, is_array in columns:
-            frame[name] = np.asarray(row[i], np.float32) if is_array else np.float32(row[i])
-        frames.append(frame)
-    return frames
+    # Column by column: one numpy conversion per field instead of one per value.
+    columns: dict[str, Iterable[Any]] = {"ts": [format_timestamp(row[0]) for row in rows]}
+    for i, name in enumerate(fields, 1):
+        columns[name] = _float32([row[i] for row in rows])
+    return [
+        dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
+    ]
+
+
+def _float32(values: list[Any]) -> np.ndarray | list[np.ndarray]:
+    try:
+        return np.array(values, np.float32)
+    except ValueError:  # arrays of different lengths, stored under other settings
+        return [np.asarray(value, np.float32) for value in values]
 
 
 def _csv(rows: Sequence[Any], fields: Sequence[str], widths: dict[str, int]) -> bytes:
-    """RFC 4180: a header row, then one row per frame; scalars first, then each array
-    spread over ``<name>_<k>`` columns (short arrays padded with empty cells)."""
+    """RFC 4180: a header row, then one row per frame: ts, the scalars, then each array
+    spread over ``<name>_<k>`` columns (cut or padded with empty cells to the width)."""
     scalars = [name for name in fields if name in queries.SCALAR_FIELDS]
     arrays = [(i, widths[name]) for i, name in enumerate(fields, 1) if name in widths]
     header = ["ts", *scalars]
     header += [f"{name}_{k}" for name in fields if name in widths for k in range(widths[name])]
     lines = [",".join(header).encode()]
-    for row in rows:
-        cells = [format_timestamp(row[0]).encode()]
-        cells += _numbers(row[1 : 1 + len(scalars)])
-        for i, width in arrays:
-            values = _numbers(row[i][:width])
-            cells += values
-            cells += [b""] * (width - len(values))
-        lines.append(b",".join(cells))
+    stamps = [format_timestamp(row[0]).encode() for row in rows]
+    if rows and len(header) > 1:
+        blocks = [_padded([row[i] for row in rows], width) for i, width in arrays]
+        if scalars:
+            blocks.insert(0, np.array([row[1 : 1 + len(scalars)] for row in rows], np.float32))
+        table = np.hstack(blocks)
+        # One orjson call prints the whole table, "[[a,b],[c,d]]", each float32 as the
+        # shortest decimal that reads back as itself; padding (NaN) prints as null.
+        text = orjson.dumps(table, option=_NUMPY)[2:-2].replace(b"null", b"")
+        stamps = [
+            stamp + b"," + cells for stamp, cells in zip(stamps, text.split(b"],["), strict=True)
+        ]
+    lines += stamps
     lines.append(b"")
     return b"\r\n".join(lines)
 
 
-def _numbers(values: Sequence[float]) -> list[bytes]:
-    if not values:
-        return []
-    return orjson.dumps(np.asarray(values, np.float32), option=_NUMPY)[1:-1].split(b",")
+def _padded(values: list[list[float]], width: int) -> np.ndarray:
+    try:
+        table = np.array(values, np.float32)
+        if table.shape == (len(values), width):
+            return table
+    except ValueError:  # arrays of different lengths
+        pass
+    table = np.full((len(values), width), np.nan, np.float32)
+    for row, value in zip(table, values, strict=True):
+        cut = value[:width]
+        row[: len(cut)] = cut
+    return table

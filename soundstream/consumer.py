@@ -59,37 +59,38 @@ async def run(
 ) -> None:
     status.down(COMPONENT, "connecting")
     connection = await aiormq.connect(settings.amqp_url)
+    # The broker never has more than ``prefetch`` unacked deliveries out, so an inbox
+    # of that size never fills: the callback can hand over without waiting.
+    prefetch = settings.effective_prefetch
+    inbox_in, inbox_out = anyio.create_memory_object_stream[DeliveredMessage](prefetch)
+
+    async def on_message(message: DeliveredMessage) -> None:
+        try:
+            inbox_in.send_nowait(message)
+        except anyio.ClosedResourceError:
+            pass  # draining: unacked, so the broker redelivers it
+
     try:
-        channel = await connection.channel(publisher_confirms=True)
-        await declare_topology(channel, settings)
-        prefetch = settings.effective_prefetch
-        await channel.basic_qos(prefetch_count=prefetch)
-        # The broker never has more than ``prefetch`` unacked deliveries out, so an
-        # inbox of that size never fills: the callback can hand over without waiting.
-        inbox_in, inbox_out = anyio.create_memory_object_stream[DeliveredMessage](prefetch)
+        with inbox_in, inbox_out:
+            channel = await connection.channel(publisher_confirms=True)
+            await declare_topology(channel, settings)
+            await channel.basic_qos(prefetch_count=prefetch)
+            consume = await channel.basic_consume(settings.queue, on_message)
+            status.up(COMPONENT)
+            log.info("consuming", queue=settings.queue, prefetch=prefetch)
+            task_status.started()
 
-        async def on_message(message: DeliveredMessage) -> None:
-            try:
-                inbox_in.send_nowait(message)
-            except anyio.ClosedResourceError:
-                pass  # draining: unacked, so the broker redelivers it
-
-        consume = await channel.basic_consume(settings.queue, on_message)
-        status.up(COMPONENT)
-        log.info("consuming", queue=settings.queue, prefetch=prefetch)
-        task_status.started()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch, connection, channel)
-            tg.start_soon(_stop_consuming, stop, channel, consume.consumer_tag, inbox_in)
-            all_acked = anyio.Event()
-            tg.start_soon(_ack_committed, channel, acks, all_acked)
-            async with outbox:
-                async for message in inbox_out:
-                    await _handle(message, channel, outbox, settings)
-            # Everything is handed on; the writer closes ``acks`` once it is committed.
-            await all_acked.wait()
-            tg.cancel_scope.cancel()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_watch, connection, channel)
+                tg.start_soon(_stop_consuming, stop, channel, consume.consumer_tag, inbox_in)
+                all_acked = anyio.Event()
+                tg.start_soon(_ack_committed, channel, acks, all_acked)
+                async with outbox:
+                    async for message in inbox_out:
+                        await _handle(message, channel, outbox, settings)
+                # Everything is handed on; the writer closes ``acks`` once committed.
+                await all_acked.wait()
+                tg.cancel_scope.cancel()
     finally:
         status.down(COMPONENT, "disconnected")
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -157,13 +158,14 @@ async def _ack_committed(
 async def _stop_consuming(
     stop: anyio.Event,
     channel: aiormq.abc.AbstractChannel,
-    consumer_tag: str,
+    consumer_tag: str | None,
     inbox: MemoryObjectSendStream[DeliveredMessage],
 ) -> None:
     await stop.wait()
     log.info("draining")
-    with anyio.move_on_after(5):
-        await channel.basic_cancel(consumer_tag)
+    if consumer_tag is not None:
+        with anyio.move_on_after(5):
+            await channel.basic_cancel(consumer_tag)
     # Deliveries already in the inbox are still handed on and acked after commit.
     inbox.close()
 

@@ -40,8 +40,9 @@ SCALARS: tuple[str, ...] = (
 ZCR_THRESHOLD = 1e-10  # librosa.zero_crossings: smaller magnitudes count as +0
 AMIN = 1e-10  # power floor of spectral_flatness and power_to_db
 # Plans are kept per frame count. Chunks from one sensor nearly always share a
-# size, so a few plans cover a worker; the sample budget bounds the memory a run
-# of unusually long chunks can pin (two float64-sized arrays per plan).
+# size, so a few plans cover a worker. Each plan pins an input and an output of
+# about n_frames * n_fft doubles; the sample budget bounds what a run of unusually
+# long chunks can hold on to.
 MAX_PLANS = 8
 MAX_PLANNED_SAMPLES = 1 << 22
 # Frame count that ``warm_up`` plans for: one second at 16 kHz with the defaults.
@@ -151,8 +152,15 @@ class Extractor:
     """Owns FFTW plans, window, mel banks, DCT matrix for one FeatureParams."""
 
     def __init__(self, params: FeatureParams) -> None:
-        if params.n_fft < 2 or params.hop < 1:
-            raise ValueError(f"need n_fft >= 2 and hop >= 1, got {params}")
+        if not (
+            params.n_fft >= 2
+            and params.hop >= 1
+            and 1 <= params.n_mfcc <= params.n_mels
+            and 0.0 < params.rolloff <= 1.0
+        ):
+            raise ValueError(
+                f"need n_fft >= 2, hop >= 1, 1 <= n_mfcc <= n_mels, 0 < rolloff <= 1; got {params}"
+            )
         self.params = params
         self._window = hann(params.n_fft)
         self._dct_t = np.ascontiguousarray(dct_ortho(params.n_mfcc, params.n_mels).T)
@@ -213,12 +221,15 @@ class Extractor:
         square = np.square(x, dtype=np.float64)
         rms = np.sqrt(sliding_window_view(square, p.n_fft)[:: p.hop].mean(axis=1))
 
-        # Overlapping frames share sign changes, so count them once over the chunk
-        # and difference a running total: change j sits between samples j and j+1.
-        negative = np.signbit(x) & (np.abs(x) > ZCR_THRESHOLD)
-        changes = np.concatenate(([0], np.cumsum(negative[1:] != negative[:-1])))
+        # librosa zeroes samples with |x| <= 1e-10 and counts zero as positive, so
+        # a sample is negative exactly when x < -1e-10. Frames overlap, so find the
+        # sign flips once for the chunk: flip p lies between samples p and p + 1,
+        # and frame i holds the flips with start <= p < start + n_fft - 1.
+        negative = x < -ZCR_THRESHOLD
+        flips = np.flatnonzero(negative[1:] != negative[:-1])
         starts = np.arange(n) * p.hop
-        zcr = (changes[starts + p.n_fft - 1] - changes[starts]) / p.n_fft
+        inside = np.searchsorted(flips, starts + p.n_fft - 1) - np.searchsorted(flips, starts)
+        zcr = inside / p.n_fft
 
         # librosa leaves an all-zero column of S at zero when normalising it, so a
         # silent frame has centroid and bandwidth 0.

@@ -17,6 +17,7 @@ from soundstream.queries import (
     SCALAR_FIELDS,
 )
 
+_PROBLEM = "application/problem+json"
 _TIMESTAMP_EXAMPLE = "2026-01-01T00:00:00.032000Z"
 
 
@@ -31,8 +32,6 @@ def _json(schema: dict[str, Any], media_type: str = "application/json") -> dict[
 def _problem(description: str) -> dict[str, Any]:
     return {"description": description, "content": _json(_ref("schemas", "Problem"), _PROBLEM)}
 
-
-_PROBLEM = "application/problem+json"
 
 _SCHEMAS: dict[str, Any] = {
     "Problem": {

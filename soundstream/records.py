@@ -61,7 +61,8 @@ def div_round_half_even(numerator: np.ndarray, denominator: int) -> np.ndarray:
     quotient, remainder = np.divmod(numerator, denominator)
     twice = 2 * remainder
     up = (twice > denominator) | ((twice == denominator) & (quotient % 2 == 1))
-    return quotient + up
+    result: np.ndarray = quotient + up
+    return result
 
 
 def frame_times_ns(start_ns: int, n_frames: int, hop: int, sample_rate: int) -> np.ndarray:

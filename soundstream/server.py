@@ -17,7 +17,7 @@ from starlette.types import ASGIApp
 
 from soundstream.config import Settings
 
-SHUTDOWN_TIMEOUT_S = 5.0
+SHUTDOWN_TIMEOUT_S = 5
 
 
 class _Server(uvicorn.Server):

@@ -123,7 +123,7 @@ async def simulate(settings: Settings, options: SimulateOptions) -> Summary:
     ``Malformed`` for an unusable WAV file and ``PublishRefused`` when the broker nacks.
     """
     _check(options)
-    t0 = time.time_ns()
+    t0, t0_mono = time.time_ns(), time.monotonic_ns()
     prefix = options.sensor_prefix or datetime.fromtimestamp(t0 / 1e9).strftime("sim-%H%M%S")
     ids = [f"{prefix}-{i:03d}" for i in range(options.sensors)]
     if not all(wire.valid_sensor_id(i) for i in ids):
@@ -156,7 +156,12 @@ async def simulate(settings: Settings, options: SimulateOptions) -> Summary:
 
             started = time.perf_counter()
             produce = partial(
-                _produce, sensors=sensors, chunks=chunks, t0=t0, realtime=options.realtime
+                _produce,
+                sensors=sensors,
+                chunks=chunks,
+                t0=t0,
+                t0_mono=t0_mono,
+                realtime=options.realtime,
             )
             await _publish_all(channel, settings.audio_exchange, produce, confirmed)
         return Summary(published, size, time.perf_counter() - started)
@@ -251,17 +256,18 @@ async def _produce(
     sensors: list[_Sensor],
     chunks: int,
     t0: int,
+    t0_mono: int,
     realtime: bool,
 ) -> None:
     """Chunk 0 of every sensor, then chunk 1, ...; with ``realtime`` each round waits
     until its last sample is in the past."""
-    # Sleep on the monotonic clock so a wall-clock step cannot stall or rush the run.
-    mono0 = time.monotonic_ns()
     async with send:
         for k in range(chunks):
             if realtime:
+                # Sleep on the monotonic clock (t0_mono is t0 there): a wall-clock step
+                # must neither stall the run nor rush it.
                 end = max(sensor.end_ns(t0, k) for sensor in sensors)
-                await anyio.sleep(max(0.0, (mono0 + (end - t0) - time.monotonic_ns()) / 1e9))
+                await anyio.sleep(max(0.0, (t0_mono + end - t0 - time.monotonic_ns()) / 1e9))
             for sensor in sensors:
                 await send.send(_message(sensor, k, t0))
 

@@ -9,7 +9,6 @@ per-sensor summary counts each chunk once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import repeat
 from typing import Any
 
 import asyncpg
@@ -112,14 +111,15 @@ def frame_rows(batch: Sequence[Extracted], hop: int) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
     for e in batch:
         f = e.features
-        if not len(f):
+        n = len(f)
+        if not n:
             continue
         # tolist() turns each column into Python numbers in one C call.
         rows.extend(
             zip(
-                repeat(e.sensor_id),
+                [e.sensor_id] * n,
                 e.frame_times_us(hop).tolist(),
-                repeat(e.seq),
+                [e.seq] * n,
                 f.rms.tolist(),
                 f.zcr.tolist(),
                 f.centroid.tolist(),

@@ -13,6 +13,7 @@ repeat harmless, so no actor needs to reconcile state with a restarted sibling.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import time
 from collections import deque
@@ -72,7 +73,8 @@ async def serve(
         app = api.create_app(settings, pool=api_pool, ready=ready)
         http_stop = anyio.Event()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_on_signals, stop)
+            watching_signals = anyio.CancelScope()
+            tg.start_soon(_on_signals, stop, watching_signals)
             port = await tg.start(server.run, settings, app, http_stop)
             log.info("http_listening", host=settings.http_host, port=port, roles=sorted(settings.roles))
             task_status.started(port)
@@ -81,8 +83,8 @@ async def serve(
                 await _supervise_ingest(settings, stop, status)
             else:
                 await stop.wait()
-            http_stop.set()
-            tg.cancel_scope.cancel()  # the signal watcher
+            http_stop.set()  # the HTTP actor finishes its requests and returns
+            watching_signals.cancel()
     log.info("stopped")
 
 
@@ -95,8 +97,8 @@ async def _ping(pool: asyncpg.Pool) -> list[str]:
     return []
 
 
-async def _on_signals(stop: anyio.Event) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _on_signals(stop: anyio.Event, scope: anyio.CancelScope) -> None:
+    with scope, anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             if stop.is_set():
                 log.warning("signal_again_ignored", signal=signal.Signals(signum).name)
@@ -157,6 +159,15 @@ async def _run_pipeline(settings: Settings, stop: anyio.Event, status: Status) -
     extracted_in, extracted_out = anyio.create_memory_object_stream[Extracted](settings.batch_max_chunks)
     acks_in, acks_out = anyio.create_memory_object_stream[int](settings.effective_prefetch)
     async with AsyncExitStack() as stack:
+        # Each actor closes its own ends when it finishes; these close whatever a
+        # crash or cancellation left open.
+        for end in (deliveries_in, deliveries_out, extracted_in, extracted_out, acks_in, acks_out):
+            stack.enter_context(end)
+        # Workers are the parallelism; BLAS threads inside them would only fight over
+        # the same cores (a 48 kHz chunk ran 3x slower). Spawned children read these
+        # when they import numpy, before any code of ours runs there.
+        for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(variable, "1")
         pool = ProcessPoolExecutor(
             settings.workers,
             mp_context=multiprocessing.get_context("spawn"),

@@ -20,7 +20,7 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 PCM = "audio/pcm"
 WAV = "audio/wav"
 SENSOR_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-ENCODINGS = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
+ENCODINGS: dict[str, np.dtype[Any]] = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 MIN_RATE, MAX_RATE = 8000, 192000
 INT64_MAX = 2**63 - 1
 
@@ -58,8 +58,6 @@ def decode(
         raise Malformed(f"header sensor_id must match [A-Za-z0-9._-]{{1,64}}, got {sensor_id!r:.80}")
     seq = _int_header(headers, "seq", 0, INT64_MAX)
     start_ns = _int_header(headers, "start_ns", 0, INT64_MAX)
-    if message_id and message_id != f"{sensor_id}:{seq}":
-        raise Malformed(f"message_id {message_id!r:.80} is not '{sensor_id}:{seq}'")
 
     kind = (content_type or "").split(";", 1)[0].strip().lower()
     if kind == PCM:
@@ -84,6 +82,8 @@ def decode(
         raise Malformed(f"content_type must be {PCM} or {WAV}, got {content_type!r:.60}")
 
     samples = to_mono(data, ENCODINGS[encoding], channels)
+    if message_id and message_id != f"{sensor_id}:{seq}":
+        raise Malformed(f"message_id {message_id!r:.80} is not '{sensor_id}:{seq}'")
     return Chunk(sensor_id, seq, start_ns, rate, samples)
 
 

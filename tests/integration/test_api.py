@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import inspect
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
@@ -25,10 +25,11 @@ KEY = "k" * 20
 OTHER_KEY = "another-key-0123456789"
 API = config.load({}, roles=frozenset({"api"}))
 SCALARS = list(queries.SCALAR_FIELDS)
+OFFLINE = "postgresql://postgres@127.0.0.1:1/none"
 
 
 def iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def ts(i: int) -> datetime:
@@ -52,6 +53,18 @@ async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 async def client(pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
     async with client_for(api.create_app(API, pool=pool, ready=ready_ok)) as client:
+        yield client
+
+
+@pytest.fixture
+async def offline_client() -> AsyncIterator[httpx.AsyncClient]:
+    """A client whose pool cannot connect (nothing listens on port 1; min_size=0 connects
+    only on use): for requests that must be answered before any query is made. One
+    that reached the database would get a 503."""
+    async with (
+        asyncpg.create_pool(OFFLINE, min_size=0, max_size=1) as pool,
+        client_for(api.create_app(API, pool=pool, ready=ready_ok)) as client,
+    ):
         yield client
 
 
@@ -348,6 +361,31 @@ async def test_csv(pool: asyncpg.Pool, client: httpx.AsyncClient) -> None:
     assert cells[0] == iso(ts(3))
     assert cells[8:10] == ["0.5", "1.5"] and cells[10:] == [""] * (len(header) - 10)
     assert "link" not in last.headers
+    # JSON carries such a frame's arrays whole.
+    ragged = await client.get(
+        "/v1/sensors/mic-1/features",
+        params={"start": iso(ts(2)), "end": iso(ts(9)), "fields": "mel,mfcc"},
+    )
+    assert [(f["mel"][:2], len(f["mel"]), f["mfcc"]) for f in ragged.json()["frames"]] == [
+        ([2.0, 2.25], 32, [float(-k) for k in range(13)]),
+        ([0.5, 1.5], 2, []),
+    ]
+    only_mel = await client.get(
+        "/v1/sensors/mic-1/features",
+        params={"start": iso(ts(1)), "end": iso(ts(2)), "format": "csv", "fields": "mel"},
+    )
+    assert (
+        only_mel.text
+        == ",".join(["ts", *mel])
+        + "\r\n"
+        + ",".join([iso(ts(1)), *(repr(1 + k / 4) for k in range(32))])
+        + "\r\n"
+    )
+    only_ts = await client.get(
+        "/v1/sensors/mic-1/features",
+        params={"start": iso(ts(1)), "end": iso(ts(3)), "format": "csv", "fields": "ts"},
+    )
+    assert only_ts.text == f"ts\r\n{iso(ts(1))}\r\n{iso(ts(2))}\r\n"
 
     selected = await client.get(
         "/v1/sensors/mic-1/features",
@@ -378,8 +416,8 @@ async def test_csv_of_an_empty_page_is_its_header(client: httpx.AsyncClient) -> 
         ("fields=%20dominant_hz%20,ts", ["dominant_hz"]),
         ("fields=ts", []),
         ("fields=rms&fields=zcr", ["rms", "zcr"]),
-        ("fields=", SCALARS + ["mel", "mfcc"]),
-        ("", SCALARS + ["mel", "mfcc"]),
+        ("fields=", [*SCALARS, "mel", "mfcc"]),
+        ("", [*SCALARS, "mel", "mfcc"]),
     ],
 )
 async def test_fields_choose_columns(
@@ -432,9 +470,9 @@ FOREIGN_CURSOR = cursor.encode("mic-1", T0 - HOP, ts(10), T0)
     ],
 )
 async def test_bad_parameters_are_named(
-    client: httpx.AsyncClient, path: str, query: str, parameter: str
+    offline_client: httpx.AsyncClient, path: str, query: str, parameter: str
 ) -> None:
-    assert_problem(await client.get(f"/v1/sensors/{path}/features?{query}"), 400, parameter)
+    assert_problem(await offline_client.get(f"/v1/sensors/{path}/features?{query}"), 400, parameter)
 
 
 async def test_cursor_from_another_query_is_refused(
@@ -475,7 +513,7 @@ async def asgi_get(app: Starlette, path: str, query: bytes) -> int:
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
 
@@ -485,7 +523,7 @@ async def asgi_get(app: Starlette, path: str, query: bytes) -> int:
 
 async def test_no_request_gets_a_5xx(pool: asyncpg.Pool) -> None:
     app = api.create_app(API, pool=pool, ready=ready_ok)
-    huge = "9" * 100_000
+    huge = "9" * 20_000  # clients and servers cap URLs near here
     queries_ = [
         f"start=%FF%FE&end={iso(ts(1))}",
         f"{GOOD}&fields=%FF,%00,rms",
@@ -493,8 +531,8 @@ async def test_no_request_gets_a_5xx(pool: asyncpg.Pool) -> None:
         f"{GOOD}&format=%00",
         f"start={huge}&end={huge}",
         f"{GOOD}&limit={huge}",
-        f"{GOOD}&fields={'rms,' * 20_000}",
-        f"{GOOD}&cursor={'A' * 100_000}",
+        f"{GOOD}&fields={'rms,' * 5_000}",
+        f"{GOOD}&cursor={'A' * 20_000}",
         f"{GOOD}&{GOOD}",
         f"{GOOD}&x=1&x=2&=&&&==",
         "start=0001-01-01T00:00:00Z&end=9999-12-31T23:59:59.999999Z",
@@ -512,14 +550,8 @@ async def test_no_request_gets_a_5xx(pool: asyncpg.Pool) -> None:
         assert await asgi_get(app, "/v1/sensors/mic-1/features", raw) == 400
 
 
-async def test_database_outage_is_503() -> None:
-    # Nothing listens on port 1; with min_size=0 the pool only connects on use.
-    async with asyncpg.create_pool(
-        "postgresql://postgres@127.0.0.1:1/none", min_size=0, max_size=1
-    ) as pool:
-        app = api.create_app(API, pool=pool, ready=ready_ok)
-        async with client_for(app) as client:
-            answer = await client.get("/v1/sensors")
+async def test_database_outage_is_503(offline_client: httpx.AsyncClient) -> None:
+    answer = await offline_client.get("/v1/sensors")
     assert_problem(answer, 503)
     assert answer.headers["retry-after"]
 
@@ -544,15 +576,16 @@ async def test_bearer_keys_guard_v1_only(pool: asyncpg.Pool) -> None:
     settings = config.replace(API, api_keys=(KEY, OTHER_KEY))
     app = api.create_app(settings, pool=pool, ready=ready_ok)
     async with client_for(app) as client:
-        for headers in (
-            {},
-            {"Authorization": "Bearer wrong-key-0123456789"},
-            {"Authorization": f"Bearer {KEY}x"},
-            {"Authorization": f"Basic {KEY}"},
-            {"Authorization": KEY},
-            {"Authorization": "Bearer"},
-            {"Authorization": "Bearer é"},
+        for authorization in (
+            None,
+            b"Bearer wrong-key-0123456789",
+            f"Bearer {KEY}x".encode(),
+            f"Basic {KEY}".encode(),
+            KEY.encode(),
+            b"Bearer",
+            b"Bearer \xe9\xff",
         ):
+            headers = [] if authorization is None else [(b"authorization", authorization)]
             for path in ("/v1/sensors", "/v1/sensors/mic-1", "/v1/nowhere"):
                 answer = await client.get(path, headers=headers)
                 assert_problem(answer, 401)
@@ -640,15 +673,24 @@ def served_operations(app: Starlette) -> set[tuple[str, str]]:
 def parameters_read_by(module: ModuleType) -> set[str]:
     """Names the handlers read: path_params[...] and the query helpers' literal names."""
     tree = ast.parse(inspect.getsource(module))
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
-            if isinstance(node.value, ast.Attribute) and node.value.attr == "path_params":
-                names.add(node.slice.value)
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.slice, ast.Constant)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "path_params"
+            and isinstance(node.slice.value, str)
+        ):
+            names.add(node.slice.value)
         if isinstance(node, ast.Call):
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            literal = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            literal = [
+                a.value
+                for a in node.args
+                if isinstance(a, ast.Constant) and isinstance(a.value, str)
+            ]
             if name in {"_one", "_timestamp", "getlist"} and literal:
                 names.add(literal[0])
     return names
@@ -712,7 +754,7 @@ async def test_openapi_describes_every_route(pool: asyncpg.Pool) -> None:
     assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
 
     features = document["paths"]["/v1/sensors/{sensor_id}/features"]["get"]
-    params = {p["name"]: resolve(document, p) for p in features["parameters"]}
+    params = {p["name"]: p for p in (resolve(document, ref) for ref in features["parameters"])}
     assert parameters_read_by(api) <= set(params) <= declared
     assert set(params) == {"sensor_id", "start", "end", "fields", "limit", "cursor", "format"}
     assert params["start"]["required"] and params["end"]["required"]

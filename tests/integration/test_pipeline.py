@@ -169,9 +169,9 @@ async def test_malformed_messages_are_dead_lettered_while_good_ones_flow(
     s = topology
     good = wire.encode_pcm(tone(CHUNK_S, 16000), "s16le")
 
-    def pcm(sensor: str, seq: int, **over: object) -> dict[str, object]:
+    def pcm(sensor: str, number: int, /, **over: object) -> dict[str, object]:
         headers = wire.headers_for(
-            sensor, seq, START_NS, sample_rate=16000, encoding="s16le", channels=1
+            sensor, number, START_NS, sample_rate=16000, encoding="s16le", channels=1
         )
         headers.update(over)
         return {k: v for k, v in headers.items() if v is not None}

@@ -206,7 +206,7 @@ async def test_cancel_closes_the_connection(
     assert len(opened) == 1
     assert opened[0].is_closed
     messages = await broker.take_all()
-    assert 0 < len(messages) <= 6  # rounds due at 0.2 and 0.4 s, not the 150 of 30 s
+    assert len(messages) <= 6  # rounds due at 0.2 and 0.4 s, not the 150 of 30 s
 
 
 async def test_bad_options_fail_before_connecting() -> None:

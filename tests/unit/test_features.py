@@ -43,19 +43,21 @@ class Reference:
 
 
 def reference(x: Samples, sample_rate: int, p: FeatureParams) -> Reference:
-    spec = np.abs(librosa.stft(x, n_fft=p.n_fft, hop_length=p.hop, center=False, window="hann"))
-    on_spec = {"S": spec, "sr": sample_rate, "n_fft": p.n_fft, "hop_length": p.hop}
-    mel = librosa.feature.melspectrogram(S=spec**2, sr=sample_rate, n_fft=p.n_fft, n_mels=p.n_mels)
+    sr, n_fft, hop = sample_rate, p.n_fft, p.hop
+    # One |STFT| for every spectral feature; given S, librosa needs sr and n_fft
+    # for the bin frequencies.
+    spec = np.abs(librosa.stft(x, n_fft=n_fft, hop_length=hop, center=False, window="hann"))
+    mel = librosa.feature.melspectrogram(S=spec**2, sr=sr, n_fft=n_fft, n_mels=p.n_mels)
     mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel, top_db=None), n_mfcc=p.n_mfcc)
-    freqs = librosa.fft_frequencies(sr=sample_rate, n_fft=p.n_fft)
-    on_y = {"y": x, "frame_length": p.n_fft, "hop_length": p.hop, "center": False}
+    freqs = librosa.fft_frequencies(sr=sr, n_fft=n_fft)
+    feature = librosa.feature
     fields = {
-        "rms": librosa.feature.rms(**on_y)[0],
-        "zcr": librosa.feature.zero_crossing_rate(**on_y)[0],
-        "centroid": librosa.feature.spectral_centroid(**on_spec)[0],
-        "bandwidth": librosa.feature.spectral_bandwidth(**on_spec)[0],
-        "rolloff": librosa.feature.spectral_rolloff(**on_spec, roll_percent=p.rolloff)[0],
-        "flatness": librosa.feature.spectral_flatness(S=spec)[0],
+        "rms": feature.rms(y=x, frame_length=n_fft, hop_length=hop, center=False)[0],
+        "zcr": feature.zero_crossing_rate(x, frame_length=n_fft, hop_length=hop, center=False)[0],
+        "centroid": feature.spectral_centroid(S=spec, sr=sr, n_fft=n_fft)[0],
+        "bandwidth": feature.spectral_bandwidth(S=spec, sr=sr, n_fft=n_fft)[0],
+        "rolloff": feature.spectral_rolloff(S=spec, sr=sr, n_fft=n_fft, roll_percent=p.rolloff)[0],
+        "flatness": feature.spectral_flatness(S=spec)[0],
         "dominant_hz": freqs[1 + np.argmax(spec[1:], axis=0)],
         "mel": mel.T,
         "mfcc": mfcc.T,

@@ -55,6 +55,8 @@ def assert_same(a: Features, b: Features) -> None:
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
 
 
+# No deadline: the first example pays for loading parts of librosa.
+@settings(deadline=None)
 @given(st.integers(0, 20_000), st.integers(16, 4096), st.integers(1, 4096))
 def test_frame_count(n_samples: int, n_fft: int, hop: int) -> None:
     n = frame_count(n_samples, n_fft, hop)
@@ -67,6 +69,7 @@ def test_frame_count(n_samples: int, n_fft: int, hop: int) -> None:
     assert n * hop + n_fft > n_samples  # and no further frame would
 
 
+# No deadline: a new n_fft is first measured by FFTW, which takes up to 0.2 s.
 @settings(deadline=None, max_examples=60)
 @given(
     feature_params(),
