@@ -36,3 +36,7 @@ class BadRequest(SoundstreamError):
 
 class RestartBudgetExhausted(SoundstreamError):
     """An actor crashed more often than the restart budget allows."""
+
+
+class SchemaMissing(SoundstreamError):
+    """The database has no soundstream schema (or an old one): run ``migrate``."""

@@ -73,5 +73,11 @@ async def run(
         if not server.started:
             return  # serve() is raising the bind error
         task_status.started(server.port())
-        await stop.wait()
-        server.should_exit = True
+        try:
+            await stop.wait()
+        finally:
+            server.should_exit = True
+            # Cancelled (not stopped): uvicorn's shutdown will not run, so at least
+            # stop listening now. Closing twice is harmless.
+            for listener in server.servers:
+                listener.close()

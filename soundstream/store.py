@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from soundstream.errors import SchemaMissing
 from soundstream.records import Extracted, ns_to_us
 
 # timestamptz travels as integer microseconds since 2000-01-01 (PostgreSQL's epoch):
@@ -78,6 +79,8 @@ def _decode_us(value: tuple[int]) -> int:
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     """Pool ``init``: integer-microsecond timestamps and the staging tables."""
+    if not await conn.fetchval("SELECT to_regclass('sensors') IS NOT NULL"):
+        raise SchemaMissing("the database has no soundstream schema: run `soundstream migrate`")
     await conn.set_type_codec(
         "timestamptz",
         schema="pg_catalog",
@@ -86,10 +89,6 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         format="tuple",
     )
     await conn.execute(_TEMP_TABLES)
-
-
-async def schema_ready(conn: asyncpg.Connection) -> bool:
-    return bool(await conn.fetchval("SELECT to_regclass('sensors') IS NOT NULL"))
 
 
 def chunk_rows(batch: Sequence[Extracted]) -> list[tuple[Any, ...]]:

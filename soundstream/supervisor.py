@@ -17,8 +17,9 @@ import os
 import signal
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, contextmanager
 
 import anyio
 import asyncpg
@@ -72,20 +73,42 @@ async def serve(
 
         app = api.create_app(settings, pool=api_pool, ready=ready)
         http_stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            watching_signals = anyio.CancelScope()
-            tg.start_soon(_on_signals, stop, watching_signals)
-            port = await tg.start(server.run, settings, app, http_stop)
-            log.info("http_listening", host=settings.http_host, port=port, roles=sorted(settings.roles))
-            task_status.started(port)
-            if settings.ingest:
-                status.expect(consumer.COMPONENT, extractor.COMPONENT, writer.COMPONENT)
-                await _supervise_ingest(settings, stop, status)
-            else:
-                await stop.wait()
-            http_stop.set()  # the HTTP actor finishes its requests and returns
-            watching_signals.cancel()
+        with _one_error():
+            async with anyio.create_task_group() as tg:
+                watching_signals = anyio.CancelScope()
+                tg.start_soon(_on_signals, stop, watching_signals)
+                port = await tg.start(server.run, settings, app, http_stop)
+                log.info("http_listening", host=settings.http_host, port=port, roles=sorted(settings.roles))
+                task_status.started(port)
+                if settings.ingest:
+                    status.expect(consumer.COMPONENT, extractor.COMPONENT, writer.COMPONENT)
+                    await _supervise_ingest(settings, stop, status)
+                else:
+                    await stop.wait()
+                http_stop.set()  # the HTTP actor finishes its requests and returns
+                watching_signals.cancel()
     log.info("stopped")
+
+
+@contextmanager
+def _one_error() -> Iterator[None]:
+    """A task group reports even a single failure as a group; callers (and the
+    command line) want the failure itself, e.g. ``RestartBudgetExhausted``."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if len(leaves) == 1:
+            raise leaves[0] from group
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 async def _ping(pool: asyncpg.Pool) -> list[str]:

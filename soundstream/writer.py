@@ -49,9 +49,6 @@ async def run(
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    async with pool.acquire() as conn:
-        if not await store.schema_ready(conn):
-            raise RuntimeError("the database has no soundstream schema: run `soundstream migrate`")
     status.up(COMPONENT)
     task_status.started()
     async with acks, inbox:

@@ -180,6 +180,8 @@ async def test_sigterm_mid_stream_drains_and_loses_nothing(names: config.Setting
         if process.poll() is None:
             process.kill()
             process.wait()
+        if process.stdout:
+            process.stdout.close()
 
 
 async def _stored(url: str) -> int:
