@@ -124,7 +124,9 @@ def _url(*schemes: str) -> Callable[[str], str]:
         scheme = value.split("://", 1)[0] if "://" in value else ""
         if scheme not in schemes:
             # Never echo the value: URLs carry passwords.
-            raise ValueError(f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+            raise ValueError(
+                f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
+            )
         return value
 
     return parse

@@ -11,6 +11,7 @@ holds, closes its outbox and keeps acking until the writer closes the ack stream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -39,10 +40,10 @@ class BrokerGone(ConnectionError):
 async def declare_topology(channel: aiormq.abc.AbstractChannel, settings: Settings) -> None:
     """DESIGN.md section 3; every call is idempotent, so each replica makes them at start."""
     await channel.exchange_declare(settings.audio_exchange, exchange_type="topic", durable=True)
-    await channel.queue_declare(
-        settings.queue, durable=True, arguments={"x-queue-type": "quorum"}
+    await channel.queue_declare(settings.queue, durable=True, arguments={"x-queue-type": "quorum"})
+    await channel.queue_bind(
+        settings.queue, settings.audio_exchange, routing_key=settings.binding_key
     )
-    await channel.queue_bind(settings.queue, settings.audio_exchange, routing_key=settings.binding_key)
     await channel.exchange_declare(settings.dead_exchange, exchange_type="fanout", durable=True)
     await channel.queue_declare(settings.dead_queue, durable=True)
     await channel.queue_bind(settings.dead_queue, settings.dead_exchange, routing_key="")
@@ -65,10 +66,9 @@ async def run(
     inbox_in, inbox_out = anyio.create_memory_object_stream[DeliveredMessage](prefetch)
 
     async def on_message(message: DeliveredMessage) -> None:
-        try:
+        # Draining: the message stays unacked, so the broker redelivers it.
+        with contextlib.suppress(anyio.ClosedResourceError):
             inbox_in.send_nowait(message)
-        except anyio.ClosedResourceError:
-            pass  # draining: unacked, so the broker redelivers it
 
     try:
         with inbox_in, inbox_out:
@@ -170,7 +170,9 @@ async def _stop_consuming(
     inbox.close()
 
 
-async def _watch(connection: aiormq.abc.AbstractConnection, channel: aiormq.abc.AbstractChannel) -> None:
+async def _watch(
+    connection: aiormq.abc.AbstractConnection, channel: aiormq.abc.AbstractChannel
+) -> None:
     """Turn a dropped connection or channel into an error the supervisor sees."""
     closing = [asyncio.ensure_future(connection.closing), asyncio.ensure_future(channel.closing)]
     try:

@@ -20,7 +20,15 @@ from soundstream.records import Extracted, ns_to_us
 # no datetime object per frame on the hot path.
 PG_EPOCH_US = 946_684_800 * 1_000_000
 
-CHUNK_COLUMNS = ("sensor_id", "seq", "start_ts", "sample_rate", "n_samples", "n_frames", "received_at")
+CHUNK_COLUMNS = (
+    "sensor_id",
+    "seq",
+    "start_ts",
+    "sample_rate",
+    "n_samples",
+    "n_frames",
+    "received_at",
+)
 FRAME_COLUMNS = (
     "sensor_id", "ts", "seq", "rms", "zcr", "centroid", "bandwidth",
     "rolloff", "flatness", "dominant_hz", "mel", "mfcc",
@@ -134,7 +142,9 @@ def frame_rows(batch: Sequence[Extracted], hop: int) -> list[tuple[Any, ...]]:
     return rows
 
 
-async def write_batch(conn: asyncpg.Connection, batch: Sequence[Extracted], hop: int) -> tuple[int, int]:
+async def write_batch(
+    conn: asyncpg.Connection, batch: Sequence[Extracted], hop: int
+) -> tuple[int, int]:
     """Commit a batch; return (new chunks, new frames). Everything or nothing."""
     chunks = chunk_rows(batch)
     frames = frame_rows(batch, hop)
@@ -145,4 +155,3 @@ async def write_batch(conn: asyncpg.Connection, batch: Sequence[Extracted], hop:
         row = await conn.fetchrow(_MOVE)
     assert row is not None
     return int(row["chunks"]), int(row["frames"])
-

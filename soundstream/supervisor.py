@@ -78,7 +78,12 @@ async def serve(
                 watching_signals = anyio.CancelScope()
                 tg.start_soon(_on_signals, stop, watching_signals)
                 port = await tg.start(server.run, settings, app, http_stop)
-                log.info("http_listening", host=settings.http_host, port=port, roles=sorted(settings.roles))
+                log.info(
+                    "http_listening",
+                    host=settings.http_host,
+                    port=port,
+                    roles=sorted(settings.roles),
+                )
                 task_status.started(port)
                 if settings.ingest:
                     status.expect(consumer.COMPONENT, extractor.COMPONENT, writer.COMPONENT)
@@ -179,7 +184,9 @@ async def _run_pipeline(settings: Settings, stop: anyio.Event, status: Status) -
     deliveries_in, deliveries_out = anyio.create_memory_object_stream[Delivery](
         settings.workers * settings.chunks_per_task
     )
-    extracted_in, extracted_out = anyio.create_memory_object_stream[Extracted](settings.batch_max_chunks)
+    extracted_in, extracted_out = anyio.create_memory_object_stream[Extracted](
+        settings.batch_max_chunks
+    )
     acks_in, acks_out = anyio.create_memory_object_stream[int](settings.effective_prefetch)
     async with AsyncExitStack() as stack:
         # Each actor closes its own ends when it finishes; these close whatever a
@@ -211,10 +218,10 @@ async def _run_pipeline(settings: Settings, stop: anyio.Event, status: Status) -
             tg.cancel_scope.cancel()  # the drain deadline
 
 
-async def _drain_deadline(stop: anyio.Event, timeout: float, scope: anyio.CancelScope) -> None:
+async def _drain_deadline(stop: anyio.Event, limit_s: float, scope: anyio.CancelScope) -> None:
     await stop.wait()
-    await anyio.sleep(timeout)
-    log.error("drain_timeout", timeout_s=timeout, detail="unacked deliveries will be redelivered")
+    await anyio.sleep(limit_s)
+    log.error("drain_timeout", timeout_s=limit_s, detail="unacked deliveries will be redelivered")
     scope.cancel()
 
 

@@ -47,7 +47,7 @@ def parse(body: bytes) -> WavAudio:
                 raise Malformed("wav: data chunk before fmt chunk")
             if end > len(body):
                 raise Malformed(f"wav: data chunk claims {size} bytes, {len(body) - start} present")
-            tag, channels, rate, bits = fmt
+            tag, channels, rate, _bits = fmt
             encoding = "s16le" if tag == FORMAT_PCM else "f32le"
             return WavAudio(rate, channels, encoding, view[start:end])
         pos = end + (size & 1)  # chunks are word aligned

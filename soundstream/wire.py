@@ -55,7 +55,9 @@ def decode(
     if sensor_id is None:
         raise Malformed("header sensor_id is missing")
     if not valid_sensor_id(sensor_id):
-        raise Malformed(f"header sensor_id must match [A-Za-z0-9._-]{{1,64}}, got {sensor_id!r:.80}")
+        raise Malformed(
+            f"header sensor_id must match [A-Za-z0-9._-]{{1,64}}, got {sensor_id!r:.80}"
+        )
     seq = _int_header(headers, "seq", 0, INT64_MAX)
     start_ns = _int_header(headers, "start_ns", 0, INT64_MAX)
 
@@ -75,7 +77,12 @@ def decode(
         audio = wav.parse(body)
         if not MIN_RATE <= audio.sample_rate <= MAX_RATE:
             raise Malformed(f"wav: sample rate {audio.sample_rate} outside {MIN_RATE}..{MAX_RATE}")
-        rate, encoding, channels, data = audio.sample_rate, audio.encoding, audio.channels, audio.data
+        rate, encoding, channels, data = (
+            audio.sample_rate,
+            audio.encoding,
+            audio.channels,
+            audio.data,
+        )
     elif not kind:
         raise Malformed("content_type is missing")
     else:

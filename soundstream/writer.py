@@ -58,7 +58,9 @@ async def run(
                 await acks.send(item.tag)
 
 
-async def _collect(inbox: MemoryObjectReceiveStream[Extracted], settings: Settings) -> list[Extracted]:
+async def _collect(
+    inbox: MemoryObjectReceiveStream[Extracted], settings: Settings
+) -> list[Extracted]:
     """The next batch; empty only when the inbox is closed and drained."""
     try:
         first = await inbox.receive()
@@ -80,7 +82,9 @@ async def _collect(inbox: MemoryObjectReceiveStream[Extracted], settings: Settin
     return batch
 
 
-async def _commit(pool: asyncpg.Pool, batch: list[Extracted], settings: Settings, status: Status) -> None:
+async def _commit(
+    pool: asyncpg.Pool, batch: list[Extracted], settings: Settings, status: Status
+) -> None:
     backoff = 0.2
     failing_since: float | None = None
     while True:

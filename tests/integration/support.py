@@ -51,7 +51,7 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
     async with anyio.create_task_group() as tg:
         port = await tg.start(supervisor.serve, settings, stop)
         service = Service(port, stop, settings)
-        await wait_for(lambda: _ready(service), timeout=30)
+        await wait_for(lambda: _ready(service), within=30)
         try:
             yield service
         finally:
@@ -62,11 +62,11 @@ async def _ready(service: Service) -> bool:
     return (await service.get("/readyz")).status_code == 200
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(check: Callable[[], Awaitable[bool]], within: float = 20) -> None:
+    deadline = time.monotonic() + within
     while not await check():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s")
+            raise TimeoutError(f"condition not met within {within} s")
         await anyio.sleep(0.1)
 
 

@@ -22,6 +22,7 @@ from support import (
 
 from soundstream import config, wav, wire
 from soundstream.features import Extractor, frame_count
+from soundstream.queries import FEATURE_FIELDS
 from soundstream.records import frame_times_us
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -124,9 +125,7 @@ async def test_frames_flow_end_to_end_with_exact_values(topology: config.Setting
             np.testing.assert_allclose(
                 [f["mel"] for f in frames], np.concatenate(expected_mel), rtol=1e-6
             )
-            assert set(frames[0]) == {
-                "ts", "rms", "zcr", "centroid", "bandwidth", "rolloff", "flatness", "dominant_hz", "mel", "mfcc",
-            }  # fmt: skip
+            assert set(frames[0]) == {"ts", *FEATURE_FIELDS}
             assert len(frames[0]["mfcc"]) == s.n_mfcc
 
         assert await queue_depth(ch, s.queue) == 0

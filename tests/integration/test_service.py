@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -50,8 +51,6 @@ def env_for(s: config.Settings, **extra: str) -> dict[str, str]:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -148,7 +147,7 @@ async def test_sigterm_mid_stream_drains_and_loses_nothing(names: config.Setting
                 except httpx.TransportError:
                     return False
 
-            await wait_for(ready, timeout=60)
+            await wait_for(ready, within=60)
         async with channel(s.amqp_url) as ch:
             for seq in range(total):
                 await publish_pcm(
@@ -174,7 +173,7 @@ async def test_sigterm_mid_stream_drains_and_loses_nothing(names: config.Setting
 
         # A second replica takes over the rest; every chunk ends up stored exactly once.
         async with running(s):
-            await wait_for(lambda: _stored_at_least(s.database_url, total), timeout=60)
+            await wait_for(lambda: _stored_at_least(s.database_url, total), within=60)
         assert await _stored(s.database_url) == total
     finally:
         if process.poll() is None:
