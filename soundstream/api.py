@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-import asyncpg  # type: ignore[import-untyped, unused-ignore]
+import asyncpg
 import numpy as np
 import orjson
 import structlog

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped, unused-ignore]
+import asyncpg
 
 SCALAR_FIELDS = ("rms", "zcr", "centroid", "bandwidth", "rolloff", "flatness", "dominant_hz")
 ARRAY_FIELDS = ("mel", "mfcc")
