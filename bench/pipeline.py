@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -63,12 +62,15 @@ async def one_run(sensors: int, seconds: float) -> dict[str, float]:
             "SOUNDSTREAM_LOG_LEVEL": "warning",
             **{f"SOUNDSTREAM_{k.upper()}": v for k, v in names.items()},
         }
-        process = subprocess.Popen([sys.executable, "-m", "soundstream", "serve"], env=env)
-        try:
-            first, last, frames = await _watch(database, summary.chunks)
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
+        process = await anyio.open_process(
+            [sys.executable, "-m", "soundstream", "serve"], env=env, stdout=None, stderr=None
+        )
+        async with process:
+            try:
+                first, last, frames = await _watch(database, summary.chunks)
+            finally:
+                process.terminate()
+                await process.wait()
     finally:
         channel = await connection.channel()
         for queue in (names["queue"], names["dead_queue"]):

@@ -220,3 +220,23 @@ async def _drop(name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+async def test_readiness_names_the_unreachable_broker(settings: config.Settings) -> None:
+    s = config.replace(
+        settings,
+        roles=frozenset({"ingest", "api"}),
+        amqp_url="amqp://guest:guest@127.0.0.1:1/",
+        max_restarts=100,
+    )
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(serve, s, stop)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            answer = await client.get("/readyz")
+            assert (await client.get("/healthz")).status_code == 200
+            # The API role keeps answering from the database meanwhile.
+            assert (await client.get("/v1/sensors")).status_code == 200
+        stop.set()
+    assert answer.status_code == 503
+    assert "broker" in answer.json()["detail"]
