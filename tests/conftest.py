@@ -3,14 +3,13 @@ database or its own exchange/queue names, so tests run in any order."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
+from testenv import AMQP_URL, PG_ADMIN_URL, database_url, unique
 
 from soundstream import config
 from soundstream.migrate import migrate
@@ -20,20 +19,6 @@ hypothesis_settings.register_profile(
     "soundstream", deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 hypothesis_settings.load_profile("soundstream")
-
-PG_ADMIN_URL = os.environ.get(
-    "SOUNDSTREAM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-AMQP_URL = os.environ.get("SOUNDSTREAM_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:12]}"
-
-
-def database_url(name: str) -> str:
-    base, _, _ = PG_ADMIN_URL.rpartition("/")
-    return f"{base}/{name}"
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiormq
 import anyio
+import asyncpg
 import httpx
 import numpy as np
 from pamqp.commands import Basic
@@ -126,6 +127,18 @@ async def publish_pcm(
         ),
         message_id=wire.message_id(sensor_id, seq),
     )
+
+
+async def stored_chunks(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM chunks"))
+    finally:
+        await conn.close()
+
+
+async def stored_at_least(database_url: str, n: int) -> bool:
+    return await stored_chunks(database_url) >= n
 
 
 async def queue_depth(ch: aiormq.abc.AbstractChannel, queue: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-from conftest import PG_ADMIN_URL, database_url, unique
+from testenv import PG_ADMIN_URL, database_url, unique
 
 from soundstream.migrate import available, migrate, pending
 

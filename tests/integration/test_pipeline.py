@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import numpy as np
-import pytest
 from support import (
     START_NS,
     channel,
-    delete_topology,
     publish,
     publish_pcm,
     queue_depth,
     running,
+    stored_at_least,
     tone,
     wait_for,
 )
@@ -31,29 +29,6 @@ CHUNK_S = 0.5
 
 def rfc3339(us: int) -> str:
     return (EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@pytest.fixture
-async def topology(settings: config.Settings) -> AsyncIterator[config.Settings]:
-    yield settings
-    await delete_topology(settings.amqp_url, _names(settings))
-
-
-def _names(s: config.Settings) -> dict[str, str]:
-    return {
-        "audio_exchange": s.audio_exchange,
-        "queue": s.queue,
-        "dead_exchange": s.dead_exchange,
-        "dead_queue": s.dead_queue,
-    }
-
-
-async def stored_chunks(url: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM chunks"))
-    finally:
-        await conn.close()
 
 
 async def test_frames_flow_end_to_end_with_exact_values(topology: config.Settings) -> None:
@@ -87,7 +62,7 @@ async def test_frames_flow_end_to_end_with_exact_values(topology: config.Setting
         )  # fmt: skip
         await publish_pcm(ch, s.audio_exchange, "mic-short", 0, tone(0.01, 16000), 16000)
 
-        await wait_for(lambda: _has_chunks(s.database_url, 11))
+        await wait_for(lambda: stored_at_least(s.database_url, 11))
         listing = (await service.get("/v1/sensors")).json()
         by_id = {row["sensor_id"]: row for row in listing["sensors"]}
         assert set(by_id) == {*sensors, "mic-w", "mic-short"}
@@ -131,10 +106,6 @@ async def test_frames_flow_end_to_end_with_exact_values(topology: config.Setting
         assert await queue_depth(ch, s.queue) == 0
 
 
-async def _has_chunks(url: str, n: int) -> bool:
-    return await stored_chunks(url) >= n
-
-
 async def test_redelivered_and_republished_chunks_add_nothing(topology: config.Settings) -> None:
     s = topology
     samples = tone(CHUNK_S, 16000)
@@ -143,7 +114,7 @@ async def test_redelivered_and_republished_chunks_add_nothing(topology: config.S
             await publish_pcm(ch, s.audio_exchange, "dup", 0, samples, 16000)
         await publish_pcm(ch, s.audio_exchange, "dup", 1, samples, 16000, start_ns=START_NS + 10**9)
         await wait_for(lambda: _queue_empty(ch, s.queue))
-        await wait_for(lambda: _has_chunks(s.database_url, 2))
+        await wait_for(lambda: stored_at_least(s.database_url, 2))
         # Republished later, after the first copies were committed.
         await publish_pcm(ch, s.audio_exchange, "dup", 0, samples, 16000)
         await wait_for(lambda: _queue_empty(ch, s.queue))
@@ -197,7 +168,7 @@ async def test_malformed_messages_are_dead_lettered_while_good_ones_flow(
                 ch, s.audio_exchange, body, headers, content_type=content_type, message_id=name
             )
             await publish(ch, s.audio_exchange, good, pcm("ok", seq), message_id=f"ok:{seq}")
-        await wait_for(lambda: _has_chunks(s.database_url, len(bad)))
+        await wait_for(lambda: stored_at_least(s.database_url, len(bad)))
         await wait_for(lambda: _queue_depth_is(ch, s.dead_queue, len(bad)))
         reasons = {}
         for _ in bad:
@@ -232,7 +203,7 @@ async def test_pagination_walks_a_range_without_gaps_or_repeats(topology: config
                 16000,
                 start_ns=START_NS + seq * 10**9,
             )
-        await wait_for(lambda: _has_chunks(s.database_url, 6))
+        await wait_for(lambda: stored_at_least(s.database_url, 6))
         total = (await service.get("/v1/sensors/pager")).json()["frames"]
         seen: list[str] = []
         params = {
@@ -268,7 +239,7 @@ async def test_missing_sequence_numbers_are_reported(topology: config.Settings) 
                 16000,
                 start_ns=START_NS + seq * 10**8,
             )
-        await wait_for(lambda: _has_chunks(s.database_url, 4))
+        await wait_for(lambda: stored_at_least(s.database_url, 4))
         status = (await service.get("/v1/sensors/gappy")).json()
     assert status["last_seq"] == 7
     assert status["missing_seq"] == [[2, 3], [5, 6]]

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -18,13 +17,15 @@ import pytest
 from support import (
     START_NS,
     channel,
-    delete_topology,
     publish_pcm,
     queue_depth,
     running,
+    stored_at_least,
+    stored_chunks,
     tone,
     wait_for,
 )
+from testenv import PG_ADMIN_URL
 
 from soundstream import config
 from soundstream.errors import RestartBudgetExhausted
@@ -56,20 +57,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-async def names(settings: config.Settings) -> AsyncIterator[config.Settings]:
-    yield settings
-    await delete_topology(
-        settings.amqp_url,
-        {
-            "audio_exchange": settings.audio_exchange,
-            "queue": settings.queue,
-            "dead_exchange": settings.dead_exchange,
-            "dead_queue": settings.dead_queue,
-        },
-    )
-
-
 async def test_api_role_needs_no_broker(settings: config.Settings) -> None:
     # An unreachable broker: the api role must not even try it.
     s = config.replace(settings, roles=frozenset({"api"}), amqp_url="amqp://nobody:x@127.0.0.1:1/")
@@ -78,8 +65,8 @@ async def test_api_role_needs_no_broker(settings: config.Settings) -> None:
         assert (await service.get("/healthz")).status_code == 200
 
 
-async def test_ingest_role_serves_health_but_not_features(names: config.Settings) -> None:
-    s = config.replace(names, roles=frozenset({"ingest"}))
+async def test_ingest_role_serves_health_but_not_features(topology: config.Settings) -> None:
+    s = config.replace(topology, roles=frozenset({"ingest"}))
     async with running(s) as service:
         assert (await service.get("/healthz")).status_code == 200
         assert (await service.get("/readyz")).status_code == 200
@@ -102,11 +89,11 @@ async def test_readiness_names_the_unreachable_database(settings: config.Setting
 
 
 async def test_restart_budget_exhausted_ends_the_process(
-    names: config.Settings, tmp_path: Path
+    topology: config.Settings, tmp_path: Path
 ) -> None:
     # A database without the schema: the writer fails at start, every time.
-    bare = names.database_url.rsplit("/", 1)[0] + "/postgres"
-    s = config.replace(names, database_url=bare, max_restarts=1, roles=frozenset({"ingest"}))
+    bare = topology.database_url.rsplit("/", 1)[0] + "/postgres"
+    s = config.replace(topology, database_url=bare, max_restarts=1, roles=frozenset({"ingest"}))
     started = time.monotonic()
     with pytest.raises(RestartBudgetExhausted):
         await serve(s)
@@ -127,8 +114,8 @@ async def test_restart_budget_exhausted_ends_the_process(
     assert "soundstream migrate" in result.stderr
 
 
-async def test_sigterm_mid_stream_drains_and_loses_nothing(names: config.Settings) -> None:
-    s = names
+async def test_sigterm_mid_stream_drains_and_loses_nothing(topology: config.Settings) -> None:
+    s = topology
     total = 120
     port = free_port()
     env = env_for(s, SOUNDSTREAM_HTTP_PORT=str(port), SOUNDSTREAM_BATCH_MAX_CHUNKS="8")
@@ -159,13 +146,13 @@ async def test_sigterm_mid_stream_drains_and_loses_nothing(names: config.Setting
                     16000,
                     start_ns=START_NS + seq * 5 * 10**8,
                 )
-            await wait_for(lambda: _stored_at_least(s.database_url, 5))
+            await wait_for(lambda: stored_at_least(s.database_url, 5))
             process.send_signal(signal.SIGTERM)
             code = await anyio.to_thread.run_sync(lambda: process.wait(timeout=30))
             output = process.stdout.read().decode() if process.stdout else ""
             assert code == 0, output
             assert "shutdown_requested" in output
-            stored = await _stored(s.database_url)
+            stored = await stored_chunks(s.database_url)
             left = await queue_depth(ch, s.queue)
             # Every chunk is either committed (and acked) or still queued; none is lost.
             assert stored + left >= total
@@ -173,26 +160,14 @@ async def test_sigterm_mid_stream_drains_and_loses_nothing(names: config.Setting
 
         # A second replica takes over the rest; every chunk ends up stored exactly once.
         async with running(s):
-            await wait_for(lambda: _stored_at_least(s.database_url, total), within=60)
-        assert await _stored(s.database_url) == total
+            await wait_for(lambda: stored_at_least(s.database_url, total), within=60)
+        assert await stored_chunks(s.database_url) == total
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
         if process.stdout:
             process.stdout.close()
-
-
-async def _stored(url: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM chunks"))
-    finally:
-        await conn.close()
-
-
-async def _stored_at_least(url: str, n: int) -> bool:
-    return await _stored(url) >= n
 
 
 def test_migrate_command_is_idempotent(settings: config.Settings) -> None:
@@ -215,7 +190,7 @@ def test_migrate_command_is_idempotent(settings: config.Settings) -> None:
 
 
 async def _drop(name: str) -> None:
-    conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+    conn = await asyncpg.connect(PG_ADMIN_URL)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

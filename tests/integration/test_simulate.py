@@ -16,8 +16,8 @@ import anyio
 import numpy as np
 import pytest
 from aiormq.abc import AbstractChannel, DeliveredMessage
-from conftest import AMQP_URL
 from pamqp.commands import Basic
+from testenv import AMQP_URL
 
 from soundstream import config, wav, wire
 from soundstream.config import Settings
