@@ -1,24 +1,25 @@
 """The write side of PostgreSQL: one batch of chunks -> one idempotent transaction.
 
-Rows are COPYed into per-connection temporary tables, then moved with
-``INSERT ... ON CONFLICT DO NOTHING``. Frames are taken only from chunks that were
-new, so a redelivered or republished chunk adds nothing and raises nothing, and the
-per-sensor summary counts each chunk once.
+Rows are COPYed (frames in binary, built by ``pgcopy``) into per-connection
+temporary tables, then moved with ``INSERT ... ON CONFLICT DO NOTHING``. Frames are
+taken only from chunks that were new, so a redelivered or republished chunk adds
+nothing and raises nothing, and the per-sensor summary counts each chunk once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
 
+from soundstream import pgcopy
 from soundstream.errors import SchemaMissing
 from soundstream.records import Extracted, ns_to_us
 
 # timestamptz travels as integer microseconds since 2000-01-01 (PostgreSQL's epoch):
-# no datetime object per frame on the hot path.
-PG_EPOCH_US = 946_684_800 * 1_000_000
+# no datetime objects on the hot path.
+PG_EPOCH_US = pgcopy.PG_EPOCH_US
 
 CHUNK_COLUMNS = (
     "sensor_id",
@@ -29,10 +30,6 @@ CHUNK_COLUMNS = (
     "n_frames",
     "received_at",
 )
-FRAME_COLUMNS = (
-    "sensor_id", "ts", "seq", "rms", "zcr", "centroid", "bandwidth",
-    "rolloff", "flatness", "dominant_hz", "mel", "mfcc",
-)  # fmt: skip
 
 _TEMP_TABLES = """
 CREATE TEMP TABLE IF NOT EXISTS chunks_in (LIKE chunks) ON COMMIT DELETE ROWS;
@@ -114,44 +111,21 @@ def chunk_rows(batch: Sequence[Extracted]) -> list[tuple[Any, ...]]:
     ]
 
 
-def frame_rows(batch: Sequence[Extracted], hop: int) -> list[tuple[Any, ...]]:
-    rows: list[tuple[Any, ...]] = []
-    for e in batch:
-        f = e.features
-        n = len(f)
-        if not n:
-            continue
-        # tolist() turns each column into Python numbers in one C call.
-        rows.extend(
-            zip(
-                [e.sensor_id] * n,
-                e.frame_times_us(hop).tolist(),
-                [e.seq] * n,
-                f.rms.tolist(),
-                f.zcr.tolist(),
-                f.centroid.tolist(),
-                f.bandwidth.tolist(),
-                f.rolloff.tolist(),
-                f.flatness.tolist(),
-                f.dominant_hz.tolist(),
-                f.mel.tolist(),
-                f.mfcc.tolist(),
-                strict=True,
-            )
-        )
-    return rows
-
-
 async def write_batch(
     conn: asyncpg.Connection, batch: Sequence[Extracted], hop: int
 ) -> tuple[int, int]:
     """Commit a batch; return (new chunks, new frames). Everything or nothing."""
     chunks = chunk_rows(batch)
-    frames = frame_rows(batch, hop)
+    frames = b"".join(pgcopy.encode(batch, hop))
     async with conn.transaction():
         await conn.copy_records_to_table("chunks_in", records=chunks, columns=CHUNK_COLUMNS)
-        if frames:
-            await conn.copy_records_to_table("frames_in", records=frames, columns=FRAME_COLUMNS)
+        await conn.copy_to_table(
+            "frames_in", source=_once(frames), columns=pgcopy.COLUMNS, format="binary"
+        )
         row = await conn.fetchrow(_MOVE)
     assert row is not None
     return int(row["chunks"]), int(row["frames"])
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
