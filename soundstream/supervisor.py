@@ -26,10 +26,9 @@ import asyncpg
 import structlog
 from anyio.abc import TaskStatus
 
-from soundstream import api, consumer, extractor, server, store, writer
+from soundstream import api, consumer, extractor, server, store, worker, writer
 from soundstream.config import Settings
 from soundstream.errors import RestartBudgetExhausted
-from soundstream.features import warm_up
 from soundstream.records import Delivery, Extracted
 from soundstream.status import Status
 
@@ -201,7 +200,7 @@ async def _run_pipeline(settings: Settings, stop: anyio.Event, status: Status) -
         pool = ProcessPoolExecutor(
             settings.workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=warm_up,
+            initializer=worker.init,
             initargs=(settings.features,),
         )
         stack.push_async_callback(_shutdown_pool, pool)

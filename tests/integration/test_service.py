@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -114,7 +115,17 @@ async def test_restart_budget_exhausted_ends_the_process(
     assert "soundstream migrate" in result.stderr
 
 
-async def test_sigterm_mid_stream_drains_and_loses_nothing(topology: config.Settings) -> None:
+@pytest.mark.parametrize(
+    "stop",
+    [
+        pytest.param(lambda p: p.send_signal(signal.SIGTERM), id="SIGTERM"),
+        # Ctrl-C in a terminal: SIGINT to the whole group, pool workers included.
+        pytest.param(lambda p: os.killpg(p.pid, signal.SIGINT), id="SIGINT-to-group"),
+    ],
+)
+async def test_signal_mid_stream_drains_and_loses_nothing(
+    topology: config.Settings, stop: Callable[[subprocess.Popen[bytes]], None]
+) -> None:
     s = topology
     total = 120
     port = free_port()
@@ -124,6 +135,7 @@ async def test_sigterm_mid_stream_drains_and_loses_nothing(topology: config.Sett
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         async with httpx.AsyncClient() as client:
@@ -147,11 +159,12 @@ async def test_sigterm_mid_stream_drains_and_loses_nothing(topology: config.Sett
                     start_ns=START_NS + seq * 5 * 10**8,
                 )
             await wait_for(lambda: stored_at_least(s.database_url, 5))
-            process.send_signal(signal.SIGTERM)
+            stop(process)
             code = await anyio.to_thread.run_sync(lambda: process.wait(timeout=30))
             output = process.stdout.read().decode() if process.stdout else ""
             assert code == 0, output
             assert "shutdown_requested" in output
+            assert "Traceback" not in output and "drain_failed" not in output
             stored = await stored_chunks(s.database_url)
             left = await queue_depth(ch, s.queue)
             # Every chunk is either committed (and acked) or still queued; none is lost.
