@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack, contextmanager
 
+import aiormq
 import anyio
 import asyncpg
 import structlog
@@ -35,6 +36,17 @@ from soundstream.status import Status
 log = structlog.get_logger(__name__)
 
 MAX_BACKOFF_S = 30.0
+# Failures that mean a dependency is out of reach; the pipeline waits for it.
+UNAVAILABLE = (
+    OSError,  # includes ConnectionError, TimeoutError and aiormq's connection errors
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    aiormq.exceptions.ChannelInvalidStateError,
+)
+BAD_CREDENTIALS = (
+    aiormq.exceptions.AuthenticationError,
+    aiormq.exceptions.ProbableAuthenticationError,
+)
 READY_CHECK_TIMEOUT_S = 2.0
 
 
@@ -145,8 +157,15 @@ async def _supervise_ingest(settings: Settings, stop: anyio.Event, status: Statu
             return  # drained after ``stop``
         except Exception as exc:
             if stop.is_set():
-                log.error("drain_failed", error=repr(exc))
+                log.error("drain_failed", error=_describe(exc))
                 return
+            if _unavailable(exc):
+                # Waiting for a dependency is not a crash: no budget is spent.
+                log.warning("dependency_unavailable", error=_describe(exc), retry_in_s=backoff)
+                backoff = await _pause(backoff, stop)
+                if stop.is_set():
+                    return
+                continue
             now = time.monotonic()
             if now - started > settings.restart_window_s:
                 backoff = 0.5  # it had been healthy for a while
@@ -164,17 +183,31 @@ async def _supervise_ingest(settings: Settings, stop: anyio.Event, status: Statu
                     f"ingest pipeline failed {len(crashes)} times in {settings.restart_window_s} s"
                 ) from exc
             log.error("pipeline_crashed", error=_describe(exc), restart_in_s=backoff)
-        with anyio.move_on_after(backoff):
-            await stop.wait()
-        if stop.is_set():
-            return
-        backoff = min(backoff * 2, MAX_BACKOFF_S)
+            backoff = await _pause(backoff, stop)
+            if stop.is_set():
+                return
+
+
+async def _pause(backoff: float, stop: anyio.Event) -> float:
+    """Wait ``backoff`` (or until stopped); return the next, longer one."""
+    with anyio.move_on_after(backoff):
+        await stop.wait()
+    return min(backoff * 2, MAX_BACKOFF_S)
+
+
+def _failures(exc: BaseException) -> list[BaseException]:
+    return list(_leaves(exc)) if isinstance(exc, BaseExceptionGroup) else [exc]
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """The broker or database could not be reached (and not for bad credentials)."""
+    return all(
+        isinstance(e, UNAVAILABLE) and not isinstance(e, BAD_CREDENTIALS) for e in _failures(exc)
+    )
 
 
 def _describe(exc: BaseException) -> str:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}"
+    return "; ".join(f"{type(e).__name__}: {e}" for e in _failures(exc))
 
 
 async def _run_pipeline(settings: Settings, stop: anyio.Event, status: Status) -> None:
@@ -204,8 +237,10 @@ async def _run_pipeline(settings: Settings, stop: anyio.Event, status: Status) -
             initargs=(settings.features,),
         )
         stack.push_async_callback(_shutdown_pool, pool)
+        # min_size=0: the writer opens the first connection itself, waiting out a
+        # database that is not up yet instead of failing the pipeline.
         db = await asyncpg.create_pool(
-            settings.database_url, min_size=1, max_size=2, init=store.init_connection
+            settings.database_url, min_size=0, max_size=1, init=store.init_connection
         )
         stack.push_async_callback(db.close)
         async with anyio.create_task_group() as tg:

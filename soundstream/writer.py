@@ -10,6 +10,8 @@ broker stops delivering once prefetch is used up: consumption pauses by itself.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 import asyncpg
@@ -38,6 +40,7 @@ RETRYABLE = (
     TimeoutError,
 )
 MAX_BACKOFF_S = 10.0
+T = TypeVar("T")
 
 
 async def run(
@@ -49,7 +52,7 @@ async def run(
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    status.up(COMPONENT)
+    await _connect(pool, status)
     task_status.started()
     async with acks, inbox:
         while batch := await _collect(inbox, settings):
@@ -85,19 +88,49 @@ async def _collect(
 async def _commit(
     pool: asyncpg.Pool, batch: list[Extracted], settings: Settings, status: Status
 ) -> None:
+    async def write() -> tuple[int, int]:
+        async with pool.acquire() as conn:
+            result: tuple[int, int] = await store.write_batch(conn, batch, settings.hop)
+            return result
+
+    started = time.perf_counter()
+    chunks, frames = await _retrying("batch_write_failed", write, status)
+    log.debug(
+        "batch_written",
+        chunks=len(batch),
+        new_chunks=chunks,
+        new_frames=frames,
+        ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+
+
+async def _connect(pool: asyncpg.Pool, status: Status) -> None:
+    """Wait until a connection opens (its set-up also checks the schema)."""
+
+    async def ping() -> None:
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
+    await _retrying("database_unreachable", ping, status)
+
+
+async def _retrying(event: str, action: Callable[[], Awaitable[T]], status: Status) -> T:
+    """Run ``action`` until the database lets it succeed, backing off in between.
+
+    Only errors of reachability retry; anything else (a missing schema, a bug)
+    propagates and the supervisor restarts the pipeline.
+    """
     backoff = 0.2
     failing_since: float | None = None
     while True:
-        started = time.perf_counter()
         try:
-            async with pool.acquire() as conn:
-                chunks, frames = await store.write_batch(conn, batch, settings.hop)
+            result = await action()
         except RETRYABLE as exc:
             if failing_since is None:
                 failing_since = time.monotonic()
-            status.down(COMPONENT, f"write failing: {type(exc).__name__}")
+            status.down(COMPONENT, f"unreachable ({type(exc).__name__})")
             log.warning(
-                "batch_write_failed",
+                event,
                 error=str(exc) or type(exc).__name__,
                 failing_for_s=round(time.monotonic() - failing_since, 1),
                 retry_in_s=backoff,
@@ -107,12 +140,5 @@ async def _commit(
             continue
         if failing_since is not None:
             log.info("database_recovered", after_s=round(time.monotonic() - failing_since, 1))
-            status.up(COMPONENT)
-        log.debug(
-            "batch_written",
-            chunks=len(batch),
-            new_chunks=chunks,
-            new_frames=frames,
-            ms=round((time.perf_counter() - started) * 1000, 1),
-        )
-        return
+        status.up(COMPONENT)
+        return result

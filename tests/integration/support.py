@@ -152,3 +152,32 @@ async def delete_topology(url: str, names: dict[str, str]) -> None:
             await ch.queue_delete(queue)
         for exchange in (names["audio_exchange"], names["dead_exchange"]):
             await ch.exchange_delete(exchange)
+
+
+async def tcp_proxy(
+    listen_port: int, target_port: int, *, task_status: Any = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Forward 127.0.0.1:listen_port to 127.0.0.1:target_port until cancelled.
+
+    Lets a test make a dependency appear (start the proxy) after the service started.
+    """
+
+    async def pipe(source: anyio.abc.ByteStream, sink: anyio.abc.ByteStream) -> None:
+        try:
+            async for data in source:
+                await sink.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+        finally:
+            await sink.aclose()
+
+    async def handle(client: anyio.abc.SocketStream) -> None:
+        upstream = await anyio.connect_tcp("127.0.0.1", target_port)
+        async with client, upstream, anyio.create_task_group() as tg:
+            tg.start_soon(pipe, client, upstream)
+            tg.start_soon(pipe, upstream, client)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=listen_port)
+    async with listener:
+        task_status.started()
+        await listener.serve(handle)

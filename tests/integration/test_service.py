@@ -23,6 +23,7 @@ from support import (
     running,
     stored_at_least,
     stored_chunks,
+    tcp_proxy,
     tone,
     wait_for,
 )
@@ -210,21 +211,74 @@ async def _drop(name: str) -> None:
         await conn.close()
 
 
-async def test_readiness_names_the_unreachable_broker(settings: config.Settings) -> None:
-    s = config.replace(
-        settings,
-        roles=frozenset({"ingest", "api"}),
-        amqp_url="amqp://guest:guest@127.0.0.1:1/",
-        max_restarts=100,
-    )
+@pytest.mark.parametrize("missing", ["broker", "database"])
+async def test_an_unreachable_dependency_is_waited_for_not_fatal(
+    settings: config.Settings, missing: str
+) -> None:
+    # No restart budget at all: waiting for a dependency must not spend any.
+    nowhere = {
+        "broker": {"amqp_url": "amqp://guest:guest@127.0.0.1:1/"},
+        "database": {"database_url": "postgresql://postgres@127.0.0.1:1/x"},
+    }[missing]
+    s = config.replace(settings, roles=frozenset({"ingest"}), max_restarts=0, **nowhere)
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         port = await tg.start(serve, s, stop)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            await anyio.sleep(2.5)  # several retries
             answer = await client.get("/readyz")
             assert (await client.get("/healthz")).status_code == 200
-            # The API role keeps answering from the database meanwhile.
-            assert (await client.get("/v1/sensors")).status_code == 200
         stop.set()
     assert answer.status_code == 503
-    assert "broker" in answer.json()["detail"]
+    assert missing in answer.json()["detail"]
+
+
+async def test_the_api_answers_while_the_broker_is_away(settings: config.Settings) -> None:
+    s = config.replace(settings, amqp_url="amqp://guest:guest@127.0.0.1:1/", max_restarts=0)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(serve, s, stop)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/v1/sensors")).status_code == 200
+            assert "broker" in (await client.get("/readyz")).json()["detail"]
+        stop.set()
+
+
+@pytest.mark.parametrize("late", ["broker", "database"])
+async def test_a_dependency_that_comes_up_late_is_picked_up(
+    topology: config.Settings, late: str
+) -> None:
+    port = free_port()
+    if late == "broker":
+        s = config.replace(
+            topology, amqp_url=f"amqp://guest:guest@127.0.0.1:{port}/", max_restarts=0
+        )
+        target = 5672
+    else:
+        s = config.replace(
+            topology, database_url=_with_port(topology.database_url, port), max_restarts=0
+        )
+        target = 5432
+    s = config.replace(s, roles=frozenset({"ingest"}))
+    stop = anyio.Event()
+    async with anyio.create_task_group() as proxies:
+        async with anyio.create_task_group() as tg:
+            http = await tg.start(serve, s, stop)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http}") as client:
+                await anyio.sleep(1.5)
+                assert (await client.get("/readyz")).status_code == 503
+                await proxies.start(tcp_proxy, port, target)
+
+                async def ready() -> bool:
+                    return (await client.get("/readyz")).status_code == 200
+
+                await wait_for(ready, within=40)
+            async with channel(topology.amqp_url) as ch:
+                await publish_pcm(ch, s.audio_exchange, "late", 0, tone(0.5, 16000), 16000)
+            await wait_for(lambda: stored_at_least(topology.database_url, 1), within=20)
+            stop.set()
+        proxies.cancel_scope.cancel()
+
+
+def _with_port(url: str, port: int) -> str:
+    return url.replace(":5432/", f":{port}/")
