@@ -65,24 +65,24 @@ async def serve(
     if settings.api and not settings.api_keys:
         log.warning("api_open", detail="SOUNDSTREAM_API_KEYS is empty: /v1/* needs no key")
     async with AsyncExitStack() as stack:
-        api_pool = None
-        if settings.api:
-            # min_size=0: no connection at start, so a database that is down makes the
-            # process unready instead of failing it.
-            api_pool = await asyncpg.create_pool(
-                settings.database_url, min_size=0, max_size=settings.db_pool_size
-            )
-            stack.push_async_callback(api_pool.close)
+        # Serves the API's queries, and lets readiness ask the database itself in
+        # either role. min_size=0: no connection at start, so a database that is
+        # down makes the process unready instead of failing it.
+        pool = await asyncpg.create_pool(
+            settings.database_url,
+            min_size=0,
+            max_size=settings.db_pool_size if settings.api else 1,
+        )
+        stack.push_async_callback(pool.close)
 
         async def ready() -> list[str]:
             problems = status.problems()
             if stop.is_set():
                 problems.append("process: draining")
-            if api_pool is not None:
-                problems.extend(await _ping(api_pool))
-            return problems
+            problems.extend(await _ping(pool))
+            return list(dict.fromkeys(problems))  # the writer may report the same
 
-        app = api.create_app(settings, pool=api_pool, ready=ready)
+        app = api.create_app(settings, pool=pool if settings.api else None, ready=ready)
         http_stop = anyio.Event()
         with _one_error():
             async with anyio.create_task_group() as tg:
