@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -139,6 +139,22 @@ async def stored_chunks(database_url: str) -> int:
 
 async def stored_at_least(database_url: str, n: int) -> bool:
     return await stored_chunks(database_url) >= n
+
+
+async def publish_series(
+    ch: aiormq.abc.AbstractChannel,
+    exchange: str,
+    sensor_id: str,
+    seqs: Iterable[int],
+    *,
+    seconds: float = 0.5,
+    rate: int = 16000,
+) -> None:
+    """Consecutive chunks of one sensor: chunk ``seq`` starts ``seq * seconds`` in."""
+    for seq in seqs:
+        samples = tone(seconds, rate, seed=seq)
+        start = START_NS + round(seq * seconds * 1e9)
+        await publish_pcm(ch, exchange, sensor_id, seq, samples, rate, start_ns=start)
 
 
 async def queue_depth(ch: aiormq.abc.AbstractChannel, queue: str) -> int:

@@ -11,6 +11,7 @@ from support import (
     channel,
     publish,
     publish_pcm,
+    publish_series,
     queue_depth,
     running,
     stored_at_least,
@@ -193,16 +194,7 @@ async def _queue_depth_is(ch: object, queue: str, n: int) -> bool:
 async def test_pagination_walks_a_range_without_gaps_or_repeats(topology: config.Settings) -> None:
     s = topology
     async with running(s) as service, channel(s.amqp_url) as ch:
-        for seq in range(6):
-            await publish_pcm(
-                ch,
-                s.audio_exchange,
-                "pager",
-                seq,
-                tone(1.0, 16000, seed=seq),
-                16000,
-                start_ns=START_NS + seq * 10**9,
-            )
+        await publish_series(ch, s.audio_exchange, "pager", range(6), seconds=1.0)
         await wait_for(lambda: stored_at_least(s.database_url, 6))
         total = (await service.get("/v1/sensors/pager")).json()["frames"]
         seen: list[str] = []
@@ -229,16 +221,7 @@ async def test_pagination_walks_a_range_without_gaps_or_repeats(topology: config
 async def test_missing_sequence_numbers_are_reported(topology: config.Settings) -> None:
     s = topology
     async with running(s) as service, channel(s.amqp_url) as ch:
-        for seq in (0, 1, 4, 7):
-            await publish_pcm(
-                ch,
-                s.audio_exchange,
-                "gappy",
-                seq,
-                tone(0.1, 16000),
-                16000,
-                start_ns=START_NS + seq * 10**8,
-            )
+        await publish_series(ch, s.audio_exchange, "gappy", (0, 1, 4, 7), seconds=0.1)
         await wait_for(lambda: stored_at_least(s.database_url, 4))
         status = (await service.get("/v1/sensors/gappy")).json()
     assert status["last_seq"] == 7

@@ -16,9 +16,9 @@ import asyncpg
 import httpx
 import pytest
 from support import (
-    START_NS,
     channel,
     publish_pcm,
+    publish_series,
     queue_depth,
     running,
     stored_at_least,
@@ -149,16 +149,7 @@ async def test_signal_mid_stream_drains_and_loses_nothing(
 
             await wait_for(ready, within=60)
         async with channel(s.amqp_url) as ch:
-            for seq in range(total):
-                await publish_pcm(
-                    ch,
-                    s.audio_exchange,
-                    "term",
-                    seq,
-                    tone(0.5, 16000, seed=seq),
-                    16000,
-                    start_ns=START_NS + seq * 5 * 10**8,
-                )
+            await publish_series(ch, s.audio_exchange, "term", range(total))
             await wait_for(lambda: stored_at_least(s.database_url, 5))
             stop(process)
             code = await anyio.to_thread.run_sync(lambda: process.wait(timeout=30))
