@@ -44,11 +44,12 @@ class Settings:
     roles: frozenset[str] = ROLES
     api_keys: tuple[str, ...] = field(default=(), repr=False)
 
-    n_fft: int = 1024
-    hop: int = 512
-    n_mels: int = 32
-    n_mfcc: int = 13
-    rolloff: float = 0.85
+    # Flat, one per variable; ``features`` bundles them for the extractor.
+    n_fft: int = FeatureParams.n_fft
+    hop: int = FeatureParams.hop
+    n_mels: int = FeatureParams.n_mels
+    n_mfcc: int = FeatureParams.n_mfcc
+    rolloff: float = FeatureParams.rolloff
 
     audio_exchange: str = "soundstream.audio"
     queue: str = "soundstream.features"
