@@ -59,7 +59,11 @@ async def run(
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     status.down(COMPONENT, "connecting")
-    connection = await aiormq.connect(settings.amqp_url)
+    try:
+        connection = await aiormq.connect(settings.amqp_url)
+    except Exception as exc:
+        status.down(COMPONENT, f"unreachable ({type(exc).__name__})")
+        raise
     # The broker never has more than ``prefetch`` unacked deliveries out, so an inbox
     # of that size never fills: the callback can hand over without waiting.
     prefetch = settings.effective_prefetch
