@@ -59,7 +59,7 @@ async def one_run(sensors: int, seconds: float) -> dict[str, float]:
             "SOUNDSTREAM_HTTP_HOST": "127.0.0.1",
             "SOUNDSTREAM_HTTP_PORT": "0",
             "SOUNDSTREAM_ROLES": "ingest",
-            "SOUNDSTREAM_LOG_LEVEL": "warning",
+            "SOUNDSTREAM_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning"),
             **{f"SOUNDSTREAM_{k.upper()}": v for k, v in names.items()},
         }
         process = await anyio.open_process(

@@ -116,3 +116,23 @@ async def test_a_database_without_the_schema_is_refused(database: str) -> None:
             await store.init_connection(connection)
     finally:
         await connection.close()
+
+
+async def test_chunks_overlapping_in_time_keep_the_frames_stored_first(
+    conn: asyncpg.Connection,
+) -> None:
+    first = extracted("overlap", 0, seconds=1.0)
+    # Another chunk of the same sensor claiming the very same instants.
+    again = Extracted.of(
+        Delivery(2, Chunk("overlap", 1, first.start_ns, 16000, tone(1.0, 16000, seed=7)), 0),
+        EXTRACT(tone(1.0, 16000, seed=7), 16000),
+    )
+    n = len(first.features)
+    assert await store.write_batch(conn, [first], PARAMS.hop) == (1, n)
+    later = extracted("overlap", 5)
+    # ``again`` adds its chunk row but no frame; ``later`` adds all of its own.
+    assert await store.write_batch(conn, [again, later], PARAMS.hop) == (2, len(later.features))
+    rms = await conn.fetchval("SELECT rms FROM frames WHERE seq = 0 ORDER BY ts LIMIT 1")
+    assert rms == first.features.rms[0]
+    summary = await conn.fetchrow("SELECT chunks, frames FROM sensors")
+    assert tuple(summary) == (3, await conn.fetchval("SELECT count(*) FROM frames"))
