@@ -1,0 +1,65 @@
+"""How the writer cuts batches: by chunks, by frames, by waiting, and at the end."""
+
+from __future__ import annotations
+
+import anyio
+import numpy as np
+
+from soundstream import config, writer
+from soundstream.features import Features
+from soundstream.records import Extracted
+
+
+def item(tag: int, frames: int) -> Extracted:
+    column = np.zeros(frames, dtype=np.float32)
+    features = Features(
+        *([column] * 7),
+        mel=np.zeros((frames, 2), np.float32),
+        mfcc=np.zeros((frames, 1), np.float32),
+    )
+    return Extracted(tag, "s", tag, 0, 16000, 0, 0, features)
+
+
+def settings(**values: int) -> config.Settings:
+    return config.load(
+        {}, **{"batch_max_chunks": 4, "batch_max_frames": 100, "batch_max_wait_ms": 50, **values}
+    )
+
+
+async def test_a_full_batch_is_cut_at_max_chunks() -> None:
+    send, receive = anyio.create_memory_object_stream[Extracted](10)
+    with send, receive:
+        for tag in range(6):
+            send.send_nowait(item(tag, 1))
+        batch = await writer._collect(receive, settings())
+    assert [e.tag for e in batch] == [0, 1, 2, 3]
+
+
+async def test_a_batch_is_cut_once_it_holds_max_frames() -> None:
+    send, receive = anyio.create_memory_object_stream[Extracted](10)
+    with send, receive:
+        for tag, frames in enumerate((60, 50, 10)):
+            send.send_nowait(item(tag, frames))
+        batch = await writer._collect(receive, settings())
+    assert [e.tag for e in batch] == [0, 1]
+
+
+async def test_a_partial_batch_waits_at_most_max_wait() -> None:
+    send, receive = anyio.create_memory_object_stream[Extracted](10)
+    with send, receive:
+        send.send_nowait(item(0, 1))
+        started = anyio.current_time()
+        batch = await writer._collect(receive, settings(batch_max_wait_ms=100))
+        waited = anyio.current_time() - started
+    assert [e.tag for e in batch] == [0]
+    assert 0.09 <= waited < 1.0
+
+
+async def test_a_closed_inbox_ends_with_what_is_left_then_nothing() -> None:
+    send, receive = anyio.create_memory_object_stream[Extracted](10)
+    with receive:
+        with send:
+            send.send_nowait(item(0, 1))
+            send.send_nowait(item(1, 1))
+        assert [e.tag for e in await writer._collect(receive, settings())] == [0, 1]
+        assert await writer._collect(receive, settings()) == []
