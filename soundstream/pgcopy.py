@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from soundstream.features import SCALARS
 from soundstream.records import Extracted
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 TRAILER = b"\xff\xff"
 FLOAT4_OID = 700
 PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01, where timestamptz counts from
-SCALARS = ("rms", "zcr", "centroid", "bandwidth", "rolloff", "flatness", "dominant_hz")
 # The column order every row is written in.
 COLUMNS = ("sensor_id", "ts", "seq", *SCALARS, "mel", "mfcc")
 

@@ -9,24 +9,17 @@ from __future__ import annotations
 class Status:
     def __init__(self) -> None:
         self._problems: dict[str, str] = {}
-        self._known: set[str] = set()
 
     def expect(self, *names: str) -> None:
-        """Register components that must report up before the process is ready."""
+        """Components that must report up before the process is ready."""
         for name in names:
-            self._known.add(name)
             self._problems.setdefault(name, "starting")
 
     def up(self, name: str) -> None:
-        self._known.add(name)
         self._problems.pop(name, None)
 
     def down(self, name: str, reason: str) -> None:
-        self._known.add(name)
         self._problems[name] = reason
 
     def problems(self) -> list[str]:
         return [f"{name}: {reason}" for name, reason in sorted(self._problems.items())]
-
-    def statistics(self) -> dict[str, str]:
-        return {name: self._problems.get(name, "up") for name in sorted(self._known)}
