@@ -15,7 +15,9 @@ from typing import Any
 
 import asyncpg
 
-SCALAR_FIELDS = ("rms", "zcr", "centroid", "bandwidth", "rolloff", "flatness", "dominant_hz")
+from soundstream.features import SCALARS
+
+SCALAR_FIELDS = SCALARS
 ARRAY_FIELDS = ("mel", "mfcc")
 FEATURE_FIELDS = SCALAR_FIELDS + ARRAY_FIELDS
 
