@@ -8,7 +8,7 @@ bytes. Pure: numpy only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -50,8 +50,8 @@ def _row_dtype(sensor_bytes: int, n_mels: int, n_mfcc: int) -> np.dtype[np.void]
     return np.dtype(fields)
 
 
-def encode_chunk(e: Extracted, hop: int) -> bytes:
-    """One chunk's frame rows, without the file header and trailer."""
+def encode_chunk(e: Extracted, times_us: np.ndarray) -> bytes:
+    """One chunk's frame rows (at ``times_us``), without the file header and trailer."""
     f = e.features
     n = len(f)
     if not n:
@@ -63,7 +63,7 @@ def encode_chunk(e: Extracted, hop: int) -> bytes:
     rows["sensor_id_len"] = len(sensor)
     rows["sensor_id"] = sensor
     rows["ts_len"] = 8
-    rows["ts"] = e.frame_times_us(hop) - PG_EPOCH_US
+    rows["ts"] = times_us - PG_EPOCH_US
     rows["seq_len"] = 8
     rows["seq"] = e.seq
     for name in SCALARS:
@@ -78,9 +78,9 @@ def encode_chunk(e: Extracted, hop: int) -> bytes:
     return rows.tobytes()
 
 
-def encode(batch: Sequence[Extracted], hop: int) -> Iterable[bytes]:
-    """The whole COPY stream for ``batch``, as parts to send in order."""
+def encode(timed: Iterable[tuple[Extracted, np.ndarray]]) -> Iterable[bytes]:
+    """The whole COPY stream for chunks and their frame times, as parts in order."""
     yield HEADER
-    for e in batch:
-        yield encode_chunk(e, hop)
+    for e, times_us in timed:
+        yield encode_chunk(e, times_us)
     yield TRAILER

@@ -7,6 +7,7 @@ without the broker or database libraries.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from soundstream.features import Features
 from soundstream.wire import Chunk
 
 NS_PER_US = 1000
+N = TypeVar("N", int, np.ndarray)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +58,13 @@ class Extracted:
         return frame_times_us(self.start_ns, len(self.features), hop, self.sample_rate)
 
 
-def div_round_half_even(numerator: np.ndarray, denominator: int) -> np.ndarray:
-    """Integer division rounded to nearest, ties to even (as Python's ``round``)."""
-    quotient, remainder = np.divmod(numerator, denominator)
+def div_round_half_even(numerator: N, denominator: int) -> N:
+    """Integer division rounded to nearest, ties to even (as Python's ``round``),
+    for a Python int or element-wise for an integer array."""
+    quotient, remainder = divmod(numerator, denominator)
     twice = 2 * remainder
     up = (twice > denominator) | ((twice == denominator) & (quotient % 2 == 1))
-    result: np.ndarray = quotient + up
+    result: N = quotient + up
     return result
 
 
@@ -80,4 +83,4 @@ def frame_times_us(start_ns: int, n_frames: int, hop: int, sample_rate: int) -> 
 
 
 def ns_to_us(ns: int) -> int:
-    return int(div_round_half_even(np.array([ns], dtype=np.int64), NS_PER_US)[0])
+    return div_round_half_even(ns, NS_PER_US)

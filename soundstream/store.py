@@ -132,11 +132,12 @@ async def write_batch(
             "chunks_in", records=chunk_rows(batch), columns=CHUNK_COLUMNS
         )
         new = {(r["sensor_id"], r["seq"]) for r in await conn.fetch(_NEW_CHUNKS)}
-        fresh = list(
-            {
-                (e.sensor_id, e.seq): e for e in reversed(batch) if (e.sensor_id, e.seq) in new
-            }.values()
-        )
+        # The first copy of each new chunk (a batch may hold a chunk twice).
+        first: dict[tuple[str, int], Extracted] = {}
+        for e in batch:
+            if (e.sensor_id, e.seq) in new:
+                first.setdefault((e.sensor_id, e.seq), e)
+        fresh = list(first.values())
         spans = await _insert_frames(conn, fresh, hop)
         if fresh:
             await conn.execute(_SUMMARY, *_summary(fresh, spans))
@@ -144,21 +145,17 @@ async def write_batch(
 
 
 async def _insert_frames(conn: asyncpg.Connection, fresh: list[Extracted], hop: int) -> list[_Span]:
-    with_frames = [e for e in fresh if len(e.features)]
-    if not with_frames:
+    timed = [(e, e.frame_times_us(hop)) for e in fresh if len(e.features)]
+    if not timed:
         return []
-    data = b"".join(pgcopy.encode(with_frames, hop))
+    data = b"".join(pgcopy.encode(timed))
     try:
         async with conn.transaction():  # a savepoint: a clash undoes only this COPY
             await _copy(conn, "frames", data)
     except asyncpg.UniqueViolationError:
         await _copy(conn, "frames_in", data)
         return [_Span(*row) for row in await conn.fetch(_MOVE_FRAMES)]
-    spans = []
-    for e in with_frames:
-        times = e.frame_times_us(hop)
-        spans.append(_Span(e.sensor_id, len(times), int(times[0]), int(times[-1])))
-    return spans
+    return [_Span(e.sensor_id, len(times), int(times[0]), int(times[-1])) for e, times in timed]
 
 
 async def _copy(conn: asyncpg.Connection, table: str, data: bytes) -> None:

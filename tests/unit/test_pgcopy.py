@@ -57,9 +57,10 @@ def real_array(raw: bytes) -> list[float]:
 @given(st.integers(0, 20), st.text("abcXYZ019._-", min_size=1, max_size=64))
 def test_rows_decode_to_the_features(n: int, sensor: str) -> None:
     e = extracted(sensor, n)
-    rows = decode(b"".join(pgcopy.encode([e, e], hop=512)))
+    times_us = frame_times_us(e.start_ns, n, 512, 16000)
+    rows = decode(b"".join(pgcopy.encode([(e, times_us), (e, times_us)])))
     assert len(rows) == 2 * n
-    times = frame_times_us(e.start_ns, n, 512, 16000) - pgcopy.PG_EPOCH_US
+    times = times_us - pgcopy.PG_EPOCH_US
     for i, row in enumerate(rows[:n]):
         assert len(row) == len(pgcopy.COLUMNS)
         assert row[0] == sensor.encode()
@@ -72,4 +73,4 @@ def test_rows_decode_to_the_features(n: int, sensor: str) -> None:
 
 
 def test_an_empty_batch_is_a_valid_stream() -> None:
-    assert decode(b"".join(pgcopy.encode([], hop=512))) == []
+    assert decode(b"".join(pgcopy.encode([]))) == []
