@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import aiormq
 import anyio
@@ -209,15 +208,13 @@ def _from_wav(ids: list[str], path: Path, options: SimulateOptions) -> list[_Sen
     rate = audio.sample_rate
     if not wire.MIN_RATE <= rate <= wire.MAX_RATE:
         raise Malformed(f"wav: sample rate {rate} outside {wire.MIN_RATE}..{wire.MAX_RATE}")
-    dtype = _dtype(audio.encoding)
+    dtype = wire.ENCODINGS[audio.encoding]
     block = dtype.itemsize * audio.channels
     whole = len(audio.data) // block * block  # ignore a torn last frame
-    frames = np.frombuffer(audio.data[:whole], dtype=dtype).reshape(-1, audio.channels)
+    # Exact for s16le: wav.build multiplies by 32768 again, so samples arrive unchanged.
+    frames = wire.to_frames(audio.data[:whole], dtype, audio.channels)
     if not len(frames):
         raise Malformed(f"wav: {path} holds no samples")
-    if dtype.kind == "i":
-        # Exact: wav.build multiplies by 32768 again, so the samples arrive unchanged.
-        frames = frames.astype(np.float32) / np.float32(32768.0)
 
     def read(start: int, count: int) -> np.ndarray:
         # mode="wrap" loops the file when the run is longer than the recording.
@@ -234,14 +231,9 @@ def _from_wav(ids: list[str], path: Path, options: SimulateOptions) -> list[_Sen
     ]
 
 
-def _dtype(encoding: str) -> np.dtype[Any]:
-    # The two of wire.ENCODINGS, spelled out so the type checker knows they are dtypes.
-    return np.dtype("<i2") if encoding == "s16le" else np.dtype("<f4")
-
-
 def _checked(sensor: _Sensor) -> _Sensor:
     # 44 bytes: the RIFF, fmt and data headers wav.build writes.
-    size = sensor.chunk_samples * sensor.channels * _dtype(sensor.encoding).itemsize + 44
+    size = sensor.chunk_samples * sensor.channels * wire.ENCODINGS[sensor.encoding].itemsize + 44
     if size > wire.MAX_BODY_BYTES:
         raise ValueError(
             f"chunks of {sensor.chunk_samples} samples at {sensor.sample_rate} Hz are "

@@ -94,8 +94,8 @@ def decode(
     return Chunk(sensor_id, seq, start_ns, rate, samples)
 
 
-def to_mono(data: bytes | memoryview, dtype: np.dtype[Any], channels: int) -> np.ndarray:
-    """Interleaved little-endian samples -> mono float32 in [-1, 1]."""
+def to_frames(data: bytes | memoryview, dtype: np.dtype[Any], channels: int) -> np.ndarray:
+    """Interleaved little-endian samples -> float32 in [-1, 1], (frames, channels)."""
     frame_bytes = dtype.itemsize * channels
     if len(data) % frame_bytes:
         raise Malformed(
@@ -110,10 +110,16 @@ def to_mono(data: bytes | memoryview, dtype: np.dtype[Any], channels: int) -> np
         samples = raw.astype(np.float32)
         if not np.isfinite(samples).all():
             raise Malformed("samples contain NaN or Inf")
+    return samples.reshape(-1, channels)
+
+
+def to_mono(data: bytes | memoryview, dtype: np.dtype[Any], channels: int) -> np.ndarray:
+    """Interleaved little-endian samples -> mono float32 in [-1, 1]."""
+    frames = to_frames(data, dtype, channels)
     if channels == 2:
-        pairs = samples.reshape(-1, 2)
-        samples = (pairs[:, 0] + pairs[:, 1]) * np.float32(0.5)
-    return samples
+        mono: np.ndarray = (frames[:, 0] + frames[:, 1]) * np.float32(0.5)
+        return mono
+    return frames[:, 0]
 
 
 def _int_header(headers: Mapping[str, Any], name: str, lo: int, hi: int) -> int:
