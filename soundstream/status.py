@@ -21,5 +21,8 @@ class Status:
     def down(self, name: str, reason: str) -> None:
         self._problems[name] = reason
 
+    def is_down(self, name: str) -> bool:
+        return name in self._problems
+
     def problems(self) -> list[str]:
         return [f"{name}: {reason}" for name, reason in sorted(self._problems.items())]

@@ -79,8 +79,9 @@ async def serve(
             problems = status.problems()
             if stop.is_set():
                 problems.append("process: draining")
-            problems.extend(await _ping(pool))
-            return list(dict.fromkeys(problems))  # the writer may report the same
+            if not status.is_down(writer.COMPONENT):  # else the writer already says why
+                problems.extend(await _ping(pool))
+            return problems
 
         app = api.create_app(settings, pool=pool if settings.api else None, ready=ready)
         http_stop = anyio.Event()
@@ -132,7 +133,7 @@ async def _ping(pool: asyncpg.Pool) -> list[str]:
         with anyio.fail_after(READY_CHECK_TIMEOUT_S):
             await pool.fetchval("SELECT 1")
     except Exception as exc:
-        return [f"database: unreachable ({type(exc).__name__})"]
+        return [f"{writer.COMPONENT}: unreachable ({type(exc).__name__})"]
     return []
 
 

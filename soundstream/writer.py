@@ -30,14 +30,13 @@ COMPONENT = "database"
 # Errors after which the same batch may succeed: the server or the network came
 # and went, or PostgreSQL chose this transaction as a deadlock victim.
 RETRYABLE = (
-    OSError,
+    OSError,  # includes ConnectionError and TimeoutError
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
     asyncpg.AdminShutdownError,
-    TimeoutError,
 )
 MAX_BACKOFF_S = 10.0
 T = TypeVar("T")
