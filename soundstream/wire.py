@@ -45,6 +45,8 @@ def decode(
     headers: Mapping[str, Any] | None,
     body: bytes,
     message_id: str | None = None,
+    *,
+    routing_key: str | None = None,
 ) -> Chunk:
     headers = headers or {}
     if len(body) > MAX_BODY_BYTES:
@@ -89,6 +91,8 @@ def decode(
         raise Malformed(f"content_type must be {PCM} or {WAV}, got {content_type!r:.60}")
 
     samples = to_mono(data, ENCODINGS[encoding], channels)
+    if routing_key is not None and routing_key != f"sensor.{sensor_id}":
+        raise Malformed(f"routing key {routing_key!r:.80} is not 'sensor.{sensor_id}'")
     if message_id and message_id != f"{sensor_id}:{seq}":
         raise Malformed(f"message_id {message_id!r:.80} is not '{sensor_id}:{seq}'")
     return Chunk(sensor_id, seq, start_ns, rate, samples)
@@ -160,3 +164,10 @@ def message_id(sensor_id: str, seq: int) -> str:
 
 def routing_key(sensor_id: str) -> str:
     return f"sensor.{sensor_id}"
+
+
+def dead_letter_headers(headers: object, reason: str, routing_key: str | None) -> dict[str, Any]:
+    copy: dict[str, Any] = dict(headers) if isinstance(headers, dict) else {}
+    copy["x-error"] = reason
+    copy["x-original-routing-key"] = routing_key or ""
+    return copy
