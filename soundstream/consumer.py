@@ -46,11 +46,6 @@ class BrokerGone(ConnectionError):
     """The connection or channel closed under us; the supervisor restarts the pipeline."""
 
 
-class BrokerClosed(Exception):
-    """The broker or the client library ended the connection for a reason that is
-    not reachability (a protocol error, a frame that cannot be decoded): a crash."""
-
-
 def queue_arguments(settings: Settings) -> dict[str, Any]:
     """DESIGN.md section 3: a quorum queue whose messages reach the dead exchange after
     ``delivery_limit`` deliveries, at least once (which RabbitMQ allows only together
@@ -313,4 +308,6 @@ async def _watch(connection: aiormq.abc.AbstractConnection, *channels: Any) -> N
     )
     if reason is None or unavailable(reason):
         raise BrokerGone(f"connection to the broker closed: {reason}") from reason
-    raise BrokerClosed(f"{type(reason).__name__}: {reason}") from reason
+    # Not about reachability (a protocol error, a frame that cannot be decoded):
+    # the failure itself is the crash's reason.
+    raise reason
