@@ -169,14 +169,14 @@ async def _restart_loop(
                 # Waiting for a dependency is not a crash: no budget is spent.
                 log.warning("dependency_unavailable", error=describe(exc), retry_in_s=backoff)
                 backoff = await _pause(backoff, stop)
-            elif _blamed_on_one_message(exc, flow):
+            elif _blamed_on_a_message(exc, flow):
                 # The broker counts this delivery and dead-letters the message at the
                 # delivery limit, which bounds the loop: no budget is spent.
                 log.error(
                     "pipeline_crashed_on_a_message",
                     error=describe(exc),
-                    detail="one delivery was out; the broker dead-letters a message "
-                    f"after {settings.delivery_limit} deliveries",
+                    detail="the broker dead-letters a message after "
+                    f"{settings.delivery_limit} deliveries",
                 )
                 await _pause(MIN_BACKOFF_S, stop)
             else:
@@ -203,10 +203,10 @@ async def _restart_loop(
                 return
 
 
-def _blamed_on_one_message(exc: BaseException, flow: Flow) -> bool:
-    """A cautious run (prefetch 1) crashed holding one delivery, or on a frame the
-    AMQP client could not decode (the one delivery the broker had sent)."""
-    return flow.window == 1 and (flow.held == 1 or undecodable(exc))
+def _blamed_on_a_message(exc: BaseException, flow: Flow) -> bool:
+    """The AMQP client could not decode a message the broker sent, or a cautious run
+    (prefetch 1) crashed holding exactly one delivery."""
+    return undecodable(exc) or (flow.window == 1 and flow.held == 1)
 
 
 async def _pause(backoff: float, stop: anyio.Event) -> float:
