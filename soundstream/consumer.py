@@ -47,8 +47,8 @@ class BrokerGone(ConnectionError):
 
 
 def queue_arguments(settings: Settings) -> dict[str, Any]:
-    """DESIGN.md section 3: a quorum queue whose messages reach the dead exchange after
-    ``delivery_limit`` deliveries, at least once (which RabbitMQ allows only together
+    """DESIGN.md section 3: a quorum queue whose messages reach the dead exchange once
+    returned more than ``delivery_limit`` times, at least once (which RabbitMQ allows only together
     with ``reject-publish`` overflow)."""
     return {
         "x-queue-type": "quorum",

@@ -175,8 +175,8 @@ async def _restart_loop(
                 log.error(
                     "pipeline_crashed_on_a_message",
                     error=describe(exc),
-                    detail="the broker dead-letters a message after "
-                    f"{settings.delivery_limit} deliveries",
+                    detail="the broker dead-letters a message returned more than "
+                    f"{settings.delivery_limit} times",
                 )
                 await _pause(MIN_BACKOFF_S, stop)
             else:
