@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from soundstream import cursor, openapi, problems, queries
 from soundstream.config import Settings
 from soundstream.errors import BadRequest
+from soundstream.failures import unavailable
 from soundstream.timefmt import format_timestamp, parse_timestamp
 from soundstream.wire import valid_sensor_id
 
@@ -37,13 +38,12 @@ ReadinessCheck = Callable[[], Awaitable[list[str]]]
 """Returns the reasons the process is *not* ready; an empty list means ready."""
 
 FORMATS = ("json", "ndjson", "csv")
-# Failures that mean "the database cannot be reached right now", answered with 503
-# so that clients and load balancers retry instead of reporting a bug.
-DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+# Errors a query may raise; ``failures.unavailable`` tells a database that cannot be
+# reached right now (503, so clients and load balancers retry) from a bug (500).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
     OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.InsufficientResourcesError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
 )
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -87,7 +87,7 @@ def create_app(
         auth = [Middleware(BearerAuth, keys=settings.api_keys)] if settings.api_keys else []
         routes.append(Mount("/v1", routes=_Sensors(pool, settings).routes(), middleware=auth))
     handlers = dict(problems.HANDLERS)
-    handlers.update(dict.fromkeys(DATABASE_UNAVAILABLE, _database_unavailable))
+    handlers.update(dict.fromkeys(DATABASE_ERRORS, _database_error))
     return Starlette(routes=routes, exception_handlers=handlers)
 
 
@@ -186,7 +186,9 @@ class BearerAuth:
         return any(matches)
 
 
-async def _database_unavailable(request: Request, exc: Exception) -> Response:
+async def _database_error(request: Request, exc: Exception) -> Response:
+    if not unavailable(exc):
+        return await problems.server_error(request, exc)  # a bug: logged, 500
     log.warning("database_unavailable", path=request.url.path, error=repr(exc))
     return problems.problem(
         503, "the database is unavailable; try again shortly", headers={"Retry-After": "5"}

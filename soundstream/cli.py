@@ -15,7 +15,7 @@ import anyio
 import structlog
 
 from soundstream import config, logs
-from soundstream.errors import RestartBudgetExhausted, SettingsError
+from soundstream.errors import RestartBudgetExhausted, SettingsError, TopologyMismatch
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _simulate(settings, args)
     except KeyboardInterrupt:
         return 130
-    except RestartBudgetExhausted as exc:
+    except (RestartBudgetExhausted, TopologyMismatch) as exc:
         log.critical("exiting", reason=str(exc))
         return EXIT_FAILURE
     except Exception as exc:

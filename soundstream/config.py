@@ -7,6 +7,7 @@ the process at start-up with one line naming the variable, never later.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -17,9 +18,44 @@ from typing import Any
 from soundstream.errors import SettingsError
 
 PREFIX = "SOUNDSTREAM_"
+# The wire format's largest body (DESIGN.md section 2); a deployment may lower it.
+MAX_BODY_KB = 8 * 1024
+# A spawned, warmed-up worker maps about 215 MB before it extracts anything.
+MIN_WORKER_MEMORY_MB = 256
+# AMQP's prefetch-count is a 16-bit field.
+MAX_PREFETCH = 65535
 ROLES = frozenset({"ingest", "api"})
 # Values that may be given as a file path instead (mounted secrets).
 SECRET_FILE_VARIABLES = ("AMQP_URL", "DATABASE_URL", "API_KEYS")
+
+
+def available_cpus(root: Path = Path("/")) -> int:
+    """The CPUs this process may really use: its affinity mask, capped by a cgroup
+    CPU quota (a container's ``limits.cpu``), not the host's core count."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(root)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """CPUs' worth of quota from cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_*``; None if unlimited."""
+    try:
+        quota, period = (root / "sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        v1 = root / "sys/fs/cgroup/cpu"
+        quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+        period_us = int((v1 / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -57,7 +93,13 @@ class Settings:
     dead_exchange: str = "soundstream.dead"
     dead_queue: str = "soundstream.dead"
 
-    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    delivery_limit: int = 5
+    max_held_mb: int = 1024
+    max_body_kb: int = MAX_BODY_KB
+    worker_memory_mb: int = 0  # 0: no limit
+    dead_letter_timeout_s: float = 10.0
+
+    workers: int = field(default_factory=available_cpus)
     chunks_per_task: int = 8
     batch_max_chunks: int = 64
     batch_max_frames: int = 4000
@@ -75,13 +117,28 @@ class Settings:
         return FeatureParams(self.n_fft, self.hop, self.n_mels, self.n_mfcc, self.rolloff)
 
     @property
+    def max_body_bytes(self) -> int:
+        return self.max_body_kb * 1024
+
+    @property
+    def held_bytes_per_delivery(self) -> int:
+        """The most one unsettled delivery can cost: its body until it is decoded,
+        then its mono float32 samples (twice an s16le body) until features replace them."""
+        return 2 * self.max_body_bytes
+
+    @property
     def effective_prefetch(self) -> int:
-        """Unacked deliveries the broker may hand us: one batch being written, one being
-        filled, and every pool task in flight. Memory is bounded by this number."""
-        if self.prefetch:
-            return self.prefetch
-        in_pool = 2 * self.workers * self.chunks_per_task
-        return 2 * self.batch_max_chunks + in_pool
+        """Unacked deliveries the broker may hand us.
+
+        By count: one batch being written, one being filled, and every pool task in
+        flight. By bytes: no more than ``max_held_mb`` even if every delivery had the
+        largest body. The smaller wins, and AMQP caps it at 65535.
+        """
+        by_count = (
+            self.prefetch or 2 * self.batch_max_chunks + 2 * self.workers * self.chunks_per_task
+        )
+        by_bytes = self.max_held_mb * 1024 * 1024 // self.held_bytes_per_delivery
+        return max(1, min(by_count, by_bytes, MAX_PREFETCH))
 
     @property
     def ingest(self) -> bool:
@@ -189,6 +246,11 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "binding_key": _name,
     "dead_exchange": _name,
     "dead_queue": _name,
+    "delivery_limit": _int(1, 1000),
+    "max_held_mb": _int(16, 1_048_576),
+    "max_body_kb": _int(1, MAX_BODY_KB),
+    "worker_memory_mb": _int(0, 1_048_576),
+    "dead_letter_timeout_s": _float(0.0, 600.0, lo_open=True),
     "workers": _int(1, 256),
     "chunks_per_task": _int(1, 1024),
     "batch_max_chunks": _int(1, 10000),
@@ -244,6 +306,11 @@ def _check_together(s: Settings) -> None:
         raise SettingsError(variable("hop"), f"must not exceed SOUNDSTREAM_N_FFT ({s.n_fft})")
     if s.n_mfcc > s.n_mels:
         raise SettingsError(variable("n_mfcc"), f"must not exceed SOUNDSTREAM_N_MELS ({s.n_mels})")
+    if s.worker_memory_mb and s.worker_memory_mb < MIN_WORKER_MEMORY_MB:
+        raise SettingsError(
+            variable("worker_memory_mb"),
+            f"must be 0 (no limit) or at least {MIN_WORKER_MEMORY_MB} (a started worker's size)",
+        )
     if s.prefetch and s.prefetch < s.batch_max_chunks:
         raise SettingsError(
             variable("prefetch"),

@@ -2,16 +2,23 @@
 
 It declares the topology, consumes with manual acks and a bounded prefetch, decodes
 each message, sends good chunks on, dead-letters malformed ones (ack only after the
-dead copy is confirmed), and acks what the writer reports committed.
+dead copy is confirmed), and settles what the other actors report: an ack once the
+rows are committed, or a return to the queue for a chunk extraction cannot get past.
+
+A run that starts ``cautious`` takes one delivery at a time until the first message
+that was not delivered before: a restart puts the deliveries the last run held back
+in the queue, and one of them may be what crashed it. One at a time, a message that
+crashes the pipeline again (even by breaking the AMQP client's own frame decoding)
+takes no other message's delivery count with it, and the broker dead-letters it at
+the delivery limit.
 
 Shutdown: when ``stop`` is set it cancels its consumer, forwards what it already
-holds, closes its outbox and keeps acking until the writer closes the ack stream.
+holds, closes its outbox and keeps settling until every sender of settlements closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
@@ -25,8 +32,10 @@ from pamqp.commands import Basic
 
 from soundstream import wire
 from soundstream.config import Settings
-from soundstream.errors import Malformed
-from soundstream.records import Delivery
+from soundstream.errors import Malformed, TopologyMismatch
+from soundstream.failures import unavailable
+from soundstream.flow import Flow
+from soundstream.records import Delivery, Settle
 from soundstream.status import Status
 
 log = structlog.get_logger(__name__)
@@ -37,25 +46,62 @@ class BrokerGone(ConnectionError):
     """The connection or channel closed under us; the supervisor restarts the pipeline."""
 
 
+def queue_arguments(settings: Settings) -> dict[str, Any]:
+    """DESIGN.md section 3: a quorum queue whose messages reach the dead exchange once
+    returned more than ``delivery_limit`` times, at least once (which RabbitMQ allows only together
+    with ``reject-publish`` overflow)."""
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": settings.delivery_limit,
+        "x-dead-letter-exchange": settings.dead_exchange,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
 async def declare_topology(channel: aiormq.abc.AbstractChannel, settings: Settings) -> None:
-    """DESIGN.md section 3; every call is idempotent, so each replica makes them at start."""
-    await channel.exchange_declare(settings.audio_exchange, exchange_type="topic", durable=True)
-    await channel.queue_declare(settings.queue, durable=True, arguments={"x-queue-type": "quorum"})
+    """DESIGN.md section 3; every call is idempotent, so each replica makes them at start.
+
+    A queue or exchange that exists with other arguments (an older version declared
+    it) makes the broker close the channel with PRECONDITION_FAILED: that becomes one
+    ``TopologyMismatch`` saying which and what to do, not a restart loop.
+    """
+    dead: dict[str, Any] = {"x-queue-type": "quorum"}
+    steps: list[tuple[str, str, str, Any]] = [
+        ("exchange", "DEAD_EXCHANGE", settings.dead_exchange, lambda: channel.exchange_declare(
+            settings.dead_exchange, exchange_type="fanout", durable=True)),
+        ("queue", "DEAD_QUEUE", settings.dead_queue, lambda: channel.queue_declare(
+            settings.dead_queue, durable=True, arguments=dead)),
+        ("exchange", "AUDIO_EXCHANGE", settings.audio_exchange, lambda: channel.exchange_declare(
+            settings.audio_exchange, exchange_type="topic", durable=True)),
+        ("queue", "QUEUE", settings.queue, lambda: channel.queue_declare(
+            settings.queue, durable=True, arguments=queue_arguments(settings))),
+    ]  # fmt: skip
+    for kind, variable, name, declare in steps:
+        try:
+            await declare()
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise TopologyMismatch(
+                f"{kind} {name!r} exists on the broker with other arguments than this "
+                f"version declares ({exc}); to upgrade, set SOUNDSTREAM_{variable} to a new "
+                f"name, or drain the old {kind} and delete it (rabbitmqctl delete_{kind} "
+                f"{name}): see 'Upgrading the queues' in the README"
+            ) from None
     await channel.queue_bind(
         settings.queue, settings.audio_exchange, routing_key=settings.binding_key
     )
-    await channel.exchange_declare(settings.dead_exchange, exchange_type="fanout", durable=True)
-    await channel.queue_declare(settings.dead_queue, durable=True)
     await channel.queue_bind(settings.dead_queue, settings.dead_exchange, routing_key="")
 
 
 async def run(
     settings: Settings,
     outbox: MemoryObjectSendStream[Delivery],
-    acks: MemoryObjectReceiveStream[int],
+    settles: MemoryObjectReceiveStream[Settle],
+    *,
     stop: anyio.Event,
     status: Status,
-    *,
+    flow: Flow,
+    cautious: bool = False,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     status.down(COMPONENT, "connecting")
@@ -64,36 +110,29 @@ async def run(
     except Exception as exc:
         status.down(COMPONENT, f"unreachable ({type(exc).__name__})")
         raise
-    # The broker never has more than ``prefetch`` unacked deliveries out, so an inbox
-    # of that size never fills: the callback can hand over without waiting.
-    prefetch = settings.effective_prefetch
-    inbox_in, inbox_out = anyio.create_memory_object_stream[DeliveredMessage](prefetch)
-
-    async def on_message(message: DeliveredMessage) -> None:
-        # Draining: the message stays unacked, so the broker redelivers it.
-        with contextlib.suppress(anyio.ClosedResourceError):
-            inbox_in.send_nowait(message)
-
     try:
-        with inbox_in, inbox_out:
-            channel = await connection.channel(publisher_confirms=True)
-            await declare_topology(channel, settings)
-            await channel.basic_qos(prefetch_count=prefetch)
-            consume = await channel.basic_consume(settings.queue, on_message)
+        channel = await connection.channel()
+        await declare_topology(channel, settings)
+        # Dead copies go out on a channel of their own, so waiting for their confirms
+        # (or a broker alarm blocking publishers) never holds up acks.
+        dead_channel = await connection.channel(publisher_confirms=True)
+        subscription = _Subscription(settings, channel, dead_channel, flow, cautious=cautious)
+        with subscription.inbox_in, subscription.inbox_out:
+            await subscription.start()
             status.up(COMPONENT)
-            log.info("consuming", queue=settings.queue, prefetch=prefetch)
             task_status.started()
-
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_watch, connection, channel)
-                tg.start_soon(_stop_consuming, stop, channel, consume.consumer_tag, inbox_in)
-                all_acked = anyio.Event()
-                tg.start_soon(_ack_committed, channel, acks, all_acked)
+                tg.start_soon(_watch, connection, channel, dead_channel)
+                if cautious:
+                    tg.start_soon(subscription.widen)
+                tg.start_soon(subscription.stop_when, stop)
+                all_settled = anyio.Event()
+                tg.start_soon(subscription.settle, settles, all_settled)
                 async with outbox:
-                    async for message in inbox_out:
-                        await _handle(message, channel, outbox, settings)
-                # Everything is handed on; the writer closes ``acks`` once committed.
-                await all_acked.wait()
+                    async for message in subscription.inbox_out:
+                        await subscription.handle(message, outbox)
+                # Everything is handed on; the settlements' senders close once done.
+                await all_settled.wait()
                 tg.cancel_scope.cancel()
     finally:
         status.down(COMPONENT, "disconnected")
@@ -101,22 +140,104 @@ async def run(
             await connection.close()
 
 
-async def _handle(
-    message: DeliveredMessage,
-    channel: aiormq.abc.AbstractChannel,
-    outbox: MemoryObjectSendStream[Delivery],
-    settings: Settings,
-) -> None:
-    props = message.header.properties
-    tag = message.delivery_tag
-    assert tag is not None
-    try:
-        chunk = wire.decode(props.content_type, props.headers, message.body, props.message_id)
-    except Malformed as exc:
-        await _dead_letter(channel, message, exc.reason, settings)
-        await channel.basic_ack(tag)
-        return
-    await outbox.send(Delivery(tag, chunk, time.time_ns() // 1000))
+class _Subscription:
+    """One run's consumer on the queue: what arrives, and how each delivery is settled."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        channel: aiormq.abc.AbstractChannel,
+        dead_channel: aiormq.abc.AbstractChannel,
+        flow: Flow,
+        *,
+        cautious: bool,
+    ) -> None:
+        self.settings = settings
+        self.channel = channel
+        self.dead_channel = dead_channel
+        self.flow = flow
+        self.cautious = cautious
+        self.prefetch = settings.effective_prefetch
+        # The broker never has more than ``prefetch`` unacked deliveries out, so an
+        # inbox of that size never fills: the callback can hand over without waiting.
+        self.inbox_in, self.inbox_out = anyio.create_memory_object_stream[DeliveredMessage](
+            self.prefetch
+        )
+        self.fresh = anyio.Event()
+        self.tag = ""
+
+    async def start(self) -> None:
+        window = 1 if self.cautious else self.prefetch
+        await self._consume(window)
+        log.info("consuming", queue=self.settings.queue, prefetch=window)
+
+    async def _consume(self, window: int) -> None:
+        self.flow.window = window
+        await self.channel.basic_qos(prefetch_count=window)
+        consume = await self.channel.basic_consume(self.settings.queue, self._on_message)
+        self.tag = str(consume.consumer_tag)
+
+    async def _on_message(self, message: DeliveredMessage) -> None:
+        self.flow.held += 1
+        if not message.redelivered:
+            self.fresh.set()
+        try:
+            self.inbox_in.send_nowait(message)
+        except anyio.ClosedResourceError:
+            # Draining: the message stays unacked, so the broker redelivers it.
+            self.flow.held -= 1
+
+    async def widen(self) -> None:
+        """Past what earlier runs held (a message not delivered before): back to the
+        full prefetch. A prefetch applies to consumers started after it, so start a
+        new consumer (the old one's deliveries stay ours to settle), cancel the old."""
+        await self.fresh.wait()
+        old = self.tag
+        await self._consume(self.prefetch)
+        await self.channel.basic_cancel(old)
+        log.info("consuming", queue=self.settings.queue, prefetch=self.prefetch)
+
+    async def stop_when(self, stop: anyio.Event) -> None:
+        await stop.wait()
+        log.info("draining")
+        with anyio.move_on_after(5):
+            await self.channel.basic_cancel(self.tag)
+        # Deliveries already in the inbox are still handed on and acked after commit.
+        self.inbox_in.close()
+
+    async def handle(
+        self, message: DeliveredMessage, outbox: MemoryObjectSendStream[Delivery]
+    ) -> None:
+        props = message.header.properties
+        tag = message.delivery_tag
+        assert tag is not None
+        try:
+            chunk = wire.decode(
+                props.content_type,
+                props.headers,
+                message.body,
+                props.message_id,
+                routing_key=message.routing_key or "",
+            )
+        except Malformed as exc:
+            if await _dead_letter(self.dead_channel, message, exc.reason, self.settings):
+                await self.channel.basic_ack(tag)
+            else:
+                await self.channel.basic_nack(tag, requeue=True)
+            self.flow.held -= 1
+            return
+        self.flow.handed += 1
+        await outbox.send(Delivery(tag, chunk, time.time_ns() // 1000))
+
+    async def settle(self, settles: MemoryObjectReceiveStream[Settle], done: anyio.Event) -> None:
+        async with settles:
+            async for settle in settles:
+                if settle.requeue:
+                    await self.channel.basic_nack(settle.tag, requeue=True)
+                else:
+                    await self.channel.basic_ack(settle.tag)
+                self.flow.held -= 1
+        done.set()
 
 
 async def _dead_letter(
@@ -124,64 +245,69 @@ async def _dead_letter(
     message: DeliveredMessage,
     reason: str,
     settings: Settings,
-) -> None:
+) -> bool:
+    """Publish the dead copy; True once the broker confirmed it."""
     props = message.header.properties
-    headers: dict[str, Any] = dict(props.headers or {})
-    headers["x-error"] = reason
-    headers["x-original-routing-key"] = message.routing_key or ""
     copy = Basic.Properties(
         content_type=props.content_type,
         message_id=props.message_id,
         delivery_mode=2,
-        headers=headers,
+        headers=wire.dead_letter_headers(props.headers, reason, message.routing_key),
         timestamp=props.timestamp,
     )
-    confirmation = await channel.basic_publish(
-        message.body, exchange=settings.dead_exchange, routing_key="", properties=copy
-    )
+    confirmation: object = None
+    with anyio.move_on_after(settings.dead_letter_timeout_s):
+        confirmation = await channel.basic_publish(
+            message.body, exchange=settings.dead_exchange, routing_key="", properties=copy
+        )
     if not isinstance(confirmation, Basic.Ack):
-        # Not acked: the original stays unacked and the pipeline restarts.
-        raise BrokerGone(f"dead-letter copy not confirmed: {confirmation!r}")
+        # The original goes back to the queue (the broker counts the delivery) and
+        # is tried again; a second dead copy may result: they are at least once.
+        log.warning(
+            "dead_letter_unconfirmed",
+            message_id=props.message_id,
+            confirmation=repr(confirmation) if confirmation else "timed out",
+        )
+        return False
     log.warning(
         "message_dead_lettered",
         message_id=props.message_id,
         routing_key=message.routing_key,
         reason=reason,
     )
+    return True
 
 
-async def _ack_committed(
-    channel: aiormq.abc.AbstractChannel, acks: MemoryObjectReceiveStream[int], done: anyio.Event
-) -> None:
-    async with acks:
-        async for tag in acks:
-            await channel.basic_ack(tag)
-    done.set()
+async def _watch(connection: aiormq.abc.AbstractConnection, *channels: Any) -> None:
+    """Turn a closed connection or channel into the error the supervisor acts on.
 
+    The ``closing`` futures belong to aiormq: wait for them, never cancel them (a
+    cancelled one makes ``connection.close()`` a no-op and leaves the old consumer
+    holding its deliveries until the heartbeat times out).
+    """
+    futures = [connection.closing, *(channel.closing for channel in channels)]
+    closed = anyio.Event()
 
-async def _stop_consuming(
-    stop: anyio.Event,
-    channel: aiormq.abc.AbstractChannel,
-    consumer_tag: str | None,
-    inbox: MemoryObjectSendStream[DeliveredMessage],
-) -> None:
-    await stop.wait()
-    log.info("draining")
-    if consumer_tag is not None:
-        with anyio.move_on_after(5):
-            await channel.basic_cancel(consumer_tag)
-    # Deliveries already in the inbox are still handed on and acked after commit.
-    inbox.close()
+    def on_done(_: asyncio.Future[Any]) -> None:
+        closed.set()
 
-
-async def _watch(
-    connection: aiormq.abc.AbstractConnection, channel: aiormq.abc.AbstractChannel
-) -> None:
-    """Turn a dropped connection or channel into an error the supervisor sees."""
-    closing = [asyncio.ensure_future(connection.closing), asyncio.ensure_future(channel.closing)]
+    for future in futures:
+        future.add_done_callback(on_done)
     try:
-        await asyncio.wait(closing, return_when=asyncio.FIRST_COMPLETED)
+        await closed.wait()
     finally:
-        for future in closing:
-            future.cancel()
-    raise BrokerGone("connection to the broker closed")
+        for future in futures:
+            future.remove_done_callback(on_done)
+    reason = next(
+        (
+            f.exception()
+            for f in futures
+            if f.done() and not f.cancelled() and f.exception() is not None
+        ),
+        None,
+    )
+    if reason is None or unavailable(reason):
+        raise BrokerGone(f"connection to the broker closed: {reason}") from reason
+    # Not about reachability (a protocol error, a frame that cannot be decoded):
+    # the failure itself is the crash's reason.
+    raise reason

@@ -40,3 +40,7 @@ class RestartBudgetExhausted(SoundstreamError):
 
 class SchemaMissing(SoundstreamError):
     """The database has no soundstream schema (or an old one): run ``migrate``."""
+
+
+class TopologyMismatch(SoundstreamError):
+    """The broker holds a queue or exchange of ours declared with other arguments."""

@@ -1,62 +1,131 @@
 """The extractor actor: deliveries in, features out, computed in a process pool.
 
-Whatever is waiting in the inbox (up to ``chunks_per_task``) goes to the pool as
-one task, so a busy stream pays the inter-process cost once per several chunks
-while a quiet one still answers each chunk at once. At most two tasks per worker
-are in flight, which keeps every worker fed and memory bounded.
+Whatever is waiting in the inbox (up to ``chunks_per_task`` chunks and
+``TASK_MAX_SAMPLES`` samples) goes to the pool as one task, so a busy stream pays
+the inter-process cost once per several chunks while a quiet one still answers
+each chunk at once. At most two tasks per worker are in flight, which keeps every
+worker fed and memory bounded.
+
+No chunk can stop the pipeline from here. If a task fails (the worker raised, ran
+out of memory, or died), each of its chunks is tried again alone; a chunk that
+fails alone is returned to the queue, where the broker counts the delivery and,
+at the queue's delivery limit, dead-letters it with ``x-death``.
 """
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import Executor
-
 import anyio
+import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from soundstream.config import Settings
-from soundstream.features import extract_many
-from soundstream.records import Delivery, Extracted
+from soundstream.failures import describe
+from soundstream.features import Features
+from soundstream.flow import Flow
+from soundstream.pool import ExtractionPool, Job
+from soundstream.records import Delivery, Extracted, Settle
 from soundstream.status import Status
 
+log = structlog.get_logger(__name__)
 COMPONENT = "extractor"
+# A task's samples, summed over its chunks: long chunks go to the pool one by one,
+# so a worker holds at most one large chunk's frames at a time.
+TASK_MAX_SAMPLES = 1 << 21
 
 
 async def run(
     settings: Settings,
     inbox: MemoryObjectReceiveStream[Delivery],
     outbox: MemoryObjectSendStream[Extracted],
-    pool: Executor,
-    status: Status,
+    returns: MemoryObjectSendStream[Settle],
     *,
+    pool: ExtractionPool,
+    flow: Flow,
+    status: Status,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    params = settings.features
     in_flight = anyio.Semaphore(2 * settings.workers)
 
     async def extract(batch: list[Delivery]) -> None:
         try:
-            jobs = [(d.chunk.samples, d.chunk.sample_rate) for d in batch]
-            future = pool.submit(extract_many, params, jobs)
-            features = await asyncio.wrap_future(future)
+            results = await _extract(pool, batch)
         finally:
             in_flight.release()
-        for delivery, result in zip(batch, features, strict=True):
-            await outbox.send(Extracted.of(delivery, result))
+        for delivery, features in zip(batch, results, strict=True):
+            if features is None:
+                flow.handed -= 1
+                await returns.send(Settle(delivery.tag, requeue=True))
+            else:
+                await outbox.send(Extracted.of(delivery, features))
 
     status.up(COMPONENT)
     task_status.started()
     try:
-        async with outbox, anyio.create_task_group() as tg, inbox:
+        async with outbox, returns, anyio.create_task_group() as tg, inbox:
             async for first in inbox:
                 batch = [first]
+                samples = len(first.chunk.samples)
                 while len(batch) < settings.chunks_per_task:
                     try:
-                        batch.append(inbox.receive_nowait())
+                        item = inbox.receive_nowait()
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
+                    if samples + len(item.chunk.samples) > TASK_MAX_SAMPLES:
+                        await in_flight.acquire()
+                        tg.start_soon(extract, batch)
+                        batch, samples = [], 0
+                    batch.append(item)
+                    samples += len(item.chunk.samples)
                 await in_flight.acquire()
                 tg.start_soon(extract, batch)
     finally:
         status.down(COMPONENT, "stopped")
+
+
+async def _extract(pool: ExtractionPool, batch: list[Delivery]) -> list[Features | None]:
+    """Each delivery's features, or None for one that fails even on its own."""
+    try:
+        return list(await pool.extract([_job(d) for d in batch]))
+    except Exception as exc:
+        if len(batch) > 1:
+            log.warning("extraction_failed", chunks=len(batch), error=describe(exc))
+        else:
+            await _check_pool(pool)
+            _log_failed(batch[0], exc)
+            return [None]
+    results: list[Features | None] = []
+    for delivery in batch:
+        try:
+            results.extend(await pool.extract([_job(delivery)]))
+        except Exception as exc:
+            await _check_pool(pool)
+            _log_failed(delivery, exc)
+            results.append(None)
+    return results
+
+
+async def _check_pool(pool: ExtractionPool) -> None:
+    """Before a chunk is blamed, make sure the pool can run anything at all: workers
+    that cannot start (a memory limit below what they need) fail every task, and
+    that is a crash of this process, not a fault of each chunk."""
+    try:
+        await pool.extract([])
+    except Exception as exc:
+        raise RuntimeError(f"the extraction pool cannot run a task: {describe(exc)}") from exc
+
+
+def _job(delivery: Delivery) -> Job:
+    return delivery.chunk.samples, delivery.chunk.sample_rate
+
+
+def _log_failed(delivery: Delivery, exc: BaseException) -> None:
+    chunk = delivery.chunk
+    log.error(
+        "chunk_extraction_failed",
+        sensor_id=chunk.sensor_id,
+        seq=chunk.seq,
+        samples=len(chunk.samples),
+        error=describe(exc) or type(exc).__name__,
+        detail="returned to the queue; the broker dead-letters it at the delivery limit",
+    )

@@ -28,6 +28,16 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Settle:
+    """What the consumer does with a delivery: ack it (its rows are committed), or
+    return it to the queue (``requeue``), where the broker counts the delivery
+    against the queue's delivery limit."""
+
+    tag: int
+    requeue: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Extracted:
     """A chunk's features, ready to be written; the samples are no longer needed."""
 

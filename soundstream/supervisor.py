@@ -12,41 +12,31 @@ repeat harmless, so no actor needs to reconcile state with a restarted sibling.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import signal
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack, contextmanager
+from functools import partial
 
-import aiormq
 import anyio
 import asyncpg
 import structlog
 from anyio.abc import TaskStatus
 
-from soundstream import api, consumer, extractor, server, store, worker, writer
+from soundstream import api, consumer, extractor, server, store, writer
 from soundstream.config import Settings
-from soundstream.errors import RestartBudgetExhausted
-from soundstream.records import Delivery, Extracted
+from soundstream.errors import RestartBudgetExhausted, TopologyMismatch
+from soundstream.failures import describe, leaves, unavailable, undecodable
+from soundstream.flow import Flow
+from soundstream.pool import ExtractionPool
+from soundstream.records import Delivery, Extracted, Settle
 from soundstream.status import Status
 
 log = structlog.get_logger(__name__)
 
+MIN_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
-# Failures that mean a dependency is out of reach; the pipeline waits for it.
-UNAVAILABLE = (
-    OSError,  # includes ConnectionError, TimeoutError and aiormq's connection errors
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    aiormq.exceptions.ChannelInvalidStateError,
-)
-BAD_CREDENTIALS = (
-    aiormq.exceptions.AuthenticationError,
-    aiormq.exceptions.ProbableAuthenticationError,
-)
 READY_CHECK_TIMEOUT_S = 2.0
 
 
@@ -114,18 +104,10 @@ def _one_error() -> Iterator[None]:
     try:
         yield
     except BaseExceptionGroup as group:
-        leaves = list(_leaves(group))
-        if len(leaves) == 1:
-            raise leaves[0] from group
+        failures = list(leaves(group))
+        if len(failures) == 1:
+            raise failures[0] from group
         raise
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
 
 
 async def _ping(pool: asyncpg.Pool) -> list[str]:
@@ -148,45 +130,83 @@ async def _on_signals(stop: anyio.Event, scope: anyio.CancelScope) -> None:
 
 
 async def _supervise_ingest(settings: Settings, stop: anyio.Event, status: Status) -> None:
-    """Run the pipeline; restart it with backoff; give up past the restart budget."""
+    """Run the pipeline; restart it with backoff; give up past the restart budget.
+
+    The worker pool outlives pipeline restarts (it is replaced only when a worker
+    dies), so a restart costs a reconnect, not a round of spawning workers.
+    """
+    pool = ExtractionPool(settings.workers, settings.features, memory_mb=settings.worker_memory_mb)
+    try:
+        await _restart_loop(settings, stop, status, pool)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await pool.aclose()
+
+
+async def _restart_loop(
+    settings: Settings, stop: anyio.Event, status: Status, pool: ExtractionPool
+) -> None:
     crashes: deque[float] = deque()
-    backoff = 0.5
+    backoff = MIN_BACKOFF_S
     while True:
         started = time.monotonic()
+        flow = Flow()
         try:
-            await _run_pipeline(settings, stop, status)
+            # Every run starts cautious: the deliveries an earlier run (of this or
+            # another replica) held come back first, one at a time.
+            await _run_pipeline(settings, stop, status, pool, flow)
             return  # drained after ``stop``
         except Exception as exc:
             if stop.is_set():
-                log.error("drain_failed", error=_describe(exc))
+                log.error("drain_failed", error=describe(exc))
                 return
-            if _unavailable(exc):
+            fatal = next((e for e in leaves(exc) if isinstance(e, TopologyMismatch)), None)
+            if fatal is not None:
+                raise fatal from None
+            if flow.window:
+                backoff = MIN_BACKOFF_S  # it had recovered: a new failure starts over
+            if unavailable(exc):
                 # Waiting for a dependency is not a crash: no budget is spent.
-                log.warning("dependency_unavailable", error=_describe(exc), retry_in_s=backoff)
+                log.warning("dependency_unavailable", error=describe(exc), retry_in_s=backoff)
                 backoff = await _pause(backoff, stop)
-                if stop.is_set():
-                    return
-                continue
-            now = time.monotonic()
-            if now - started > settings.restart_window_s:
-                backoff = 0.5  # it had been healthy for a while
-            crashes.append(now)
-            while crashes and now - crashes[0] > settings.restart_window_s:
-                crashes.popleft()
-            if len(crashes) > settings.max_restarts:
-                log.critical(
-                    "restart_budget_exhausted",
-                    crashes=len(crashes),
-                    window_s=settings.restart_window_s,
-                    error=repr(exc),
+            elif _blamed_on_a_message(exc, flow):
+                # The broker counts this delivery and dead-letters the message at the
+                # delivery limit, which bounds the loop: no budget is spent.
+                log.error(
+                    "pipeline_crashed_on_a_message",
+                    error=describe(exc),
+                    detail="the broker dead-letters a message returned more than "
+                    f"{settings.delivery_limit} times",
                 )
-                raise RestartBudgetExhausted(
-                    f"ingest pipeline failed {len(crashes)} times in {settings.restart_window_s} s"
-                ) from exc
-            log.error("pipeline_crashed", error=_describe(exc), restart_in_s=backoff)
-            backoff = await _pause(backoff, stop)
+                await _pause(MIN_BACKOFF_S, stop)
+            else:
+                now = time.monotonic()
+                if now - started > settings.restart_window_s:
+                    backoff = MIN_BACKOFF_S  # it had been healthy for a while
+                crashes.append(now)
+                while crashes and now - crashes[0] > settings.restart_window_s:
+                    crashes.popleft()
+                if len(crashes) > settings.max_restarts:
+                    log.critical(
+                        "restart_budget_exhausted",
+                        crashes=len(crashes),
+                        window_s=settings.restart_window_s,
+                        error=describe(exc),
+                    )
+                    raise RestartBudgetExhausted(
+                        f"ingest pipeline failed {len(crashes)} times in "
+                        f"{settings.restart_window_s} s; last: {describe(exc)}"
+                    ) from exc
+                log.error("pipeline_crashed", error=describe(exc), restart_in_s=backoff)
+                backoff = await _pause(backoff, stop)
             if stop.is_set():
                 return
+
+
+def _blamed_on_a_message(exc: BaseException, flow: Flow) -> bool:
+    """The AMQP client could not decode a message the broker sent, or a cautious run
+    (prefetch 1) crashed holding exactly one delivery."""
+    return undecodable(exc) or (flow.window == 1 and flow.held == 1)
 
 
 async def _pause(backoff: float, stop: anyio.Event) -> float:
@@ -196,22 +216,9 @@ async def _pause(backoff: float, stop: anyio.Event) -> float:
     return min(backoff * 2, MAX_BACKOFF_S)
 
 
-def _failures(exc: BaseException) -> list[BaseException]:
-    return list(_leaves(exc)) if isinstance(exc, BaseExceptionGroup) else [exc]
-
-
-def _unavailable(exc: BaseException) -> bool:
-    """The broker or database could not be reached (and not for bad credentials)."""
-    return all(
-        isinstance(e, UNAVAILABLE) and not isinstance(e, BAD_CREDENTIALS) for e in _failures(exc)
-    )
-
-
-def _describe(exc: BaseException) -> str:
-    return "; ".join(f"{type(e).__name__}: {e}" for e in _failures(exc))
-
-
-async def _run_pipeline(settings: Settings, stop: anyio.Event, status: Status) -> None:
+async def _run_pipeline(
+    settings: Settings, stop: anyio.Event, status: Status, pool: ExtractionPool, flow: Flow
+) -> None:
     # Stream sizes: each holds at most what fills one pool round or one batch; the
     # broker's prefetch bounds the total regardless.
     deliveries_in, deliveries_out = anyio.create_memory_object_stream[Delivery](
@@ -220,24 +227,16 @@ async def _run_pipeline(settings: Settings, stop: anyio.Event, status: Status) -
     extracted_in, extracted_out = anyio.create_memory_object_stream[Extracted](
         settings.batch_max_chunks
     )
-    acks_in, acks_out = anyio.create_memory_object_stream[int](settings.effective_prefetch)
+    settles_in, settles_out = anyio.create_memory_object_stream[Settle](settings.effective_prefetch)
+    returns_in = settles_in.clone()  # the extractor's: chunks it could not extract
     async with AsyncExitStack() as stack:
         # Each actor closes its own ends when it finishes; these close whatever a
         # crash or cancellation left open.
-        for end in (deliveries_in, deliveries_out, extracted_in, extracted_out, acks_in, acks_out):
+        for end in (
+            deliveries_in, deliveries_out, extracted_in, extracted_out,
+            settles_in, returns_in, settles_out,
+        ):  # fmt: skip
             stack.enter_context(end)
-        # Workers are the parallelism; BLAS threads inside them would only fight over
-        # the same cores (a 48 kHz chunk ran 3x slower). Spawned children read these
-        # when they import numpy, before any code of ours runs there.
-        for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(variable, "1")
-        pool = ProcessPoolExecutor(
-            settings.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=worker.init,
-            initargs=(settings.features,),
-        )
-        stack.push_async_callback(_shutdown_pool, pool)
         # min_size=0: the writer opens the first connection itself, waiting out a
         # database that is not up yet instead of failing the pipeline.
         db = await asyncpg.create_pool(
@@ -246,10 +245,33 @@ async def _run_pipeline(settings: Settings, stop: anyio.Event, status: Status) -
         stack.push_async_callback(db.close)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_drain_deadline, stop, settings.drain_timeout_s, tg.cancel_scope)
-            await tg.start(writer.run, settings, extracted_out, acks_in, db, status)
-            await tg.start(extractor.run, settings, deliveries_out, extracted_in, pool, status)
-            # Returns once drained: everything it handed on is committed and acked.
-            await consumer.run(settings, deliveries_in, acks_out, stop, status)
+            await tg.start(
+                partial(
+                    writer.run,
+                    settings,
+                    extracted_out,
+                    settles_in,
+                    pool=db,
+                    flow=flow,
+                    status=status,
+                )
+            )
+            await tg.start(
+                partial(
+                    extractor.run, settings, deliveries_out, extracted_in, returns_in,
+                    pool=pool, flow=flow, status=status,
+                )
+            )  # fmt: skip
+            # Returns once drained: everything it handed on is committed and settled.
+            await consumer.run(
+                settings,
+                deliveries_in,
+                settles_out,
+                stop=stop,
+                cautious=True,
+                flow=flow,
+                status=status,
+            )
             tg.cancel_scope.cancel()  # the drain deadline
 
 
@@ -258,8 +280,3 @@ async def _drain_deadline(stop: anyio.Event, limit_s: float, scope: anyio.Cancel
     await anyio.sleep(limit_s)
     log.error("drain_timeout", timeout_s=limit_s, detail="unacked deliveries will be redelivered")
     scope.cancel()
-
-
-async def _shutdown_pool(pool: ProcessPoolExecutor) -> None:
-    # shutdown() joins the workers; do that off the event loop.
-    await anyio.to_thread.run_sync(lambda: pool.shutdown(wait=True, cancel_futures=True))

@@ -1,8 +1,9 @@
 """The writer actor: the only owner of the ingest database pool.
 
-It gathers extracted chunks into a batch until the batch is full (chunks or frames)
-or the oldest item has waited ``batch_max_wait_ms``, commits it in one transaction,
-and only then reports the delivery tags for acking. A database that goes away is
+It gathers extracted chunks into a batch until the batch is full (chunks or frames),
+holds everything handed on for extraction (nothing more can come soon), or the
+oldest item has waited ``batch_max_wait_ms``; commits it in one transaction, and
+only then reports the delivery tags for acking. A database that goes away is
 retried with backoff; meanwhile nothing is acked, the bounded streams fill, and the
 broker stops delivering once prefetch is used up: consumption pauses by itself.
 """
@@ -21,23 +22,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from soundstream import store
 from soundstream.config import Settings
-from soundstream.records import Extracted
+from soundstream.failures import retryable
+from soundstream.flow import Flow
+from soundstream.records import Extracted, Settle
 from soundstream.status import Status
 
 log = structlog.get_logger(__name__)
 COMPONENT = "database"
-
-# Errors after which the same batch may succeed: the server or the network came
-# and went, or PostgreSQL chose this transaction as a deadlock victim.
-RETRYABLE = (
-    OSError,  # includes ConnectionError and TimeoutError
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.AdminShutdownError,
-)
 MAX_BACKOFF_S = 10.0
 T = TypeVar("T")
 
@@ -45,23 +36,25 @@ T = TypeVar("T")
 async def run(
     settings: Settings,
     inbox: MemoryObjectReceiveStream[Extracted],
-    acks: MemoryObjectSendStream[int],
-    pool: asyncpg.Pool,
-    status: Status,
+    acks: MemoryObjectSendStream[Settle],
     *,
+    pool: asyncpg.Pool,
+    flow: Flow,
+    status: Status,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     await _connect(pool, status)
     task_status.started()
     async with acks, inbox:
-        while batch := await _collect(inbox, settings):
+        while batch := await _collect(inbox, settings, flow):
             await _commit(pool, batch, settings, status)
+            flow.handed -= len(batch)
             for item in batch:
-                await acks.send(item.tag)
+                await acks.send(Settle(item.tag))
 
 
 async def _collect(
-    inbox: MemoryObjectReceiveStream[Extracted], settings: Settings
+    inbox: MemoryObjectReceiveStream[Extracted], settings: Settings, flow: Flow
 ) -> list[Extracted]:
     """The next batch; empty only when the inbox is closed and drained."""
     try:
@@ -71,7 +64,10 @@ async def _collect(
     batch = [first]
     frames = len(first.features)
     deadline = anyio.current_time() + settings.batch_max_wait_ms / 1000
-    while len(batch) < settings.batch_max_chunks and frames < settings.batch_max_frames:
+    while (
+        len(batch) < min(settings.batch_max_chunks, flow.handed)
+        and frames < settings.batch_max_frames
+    ):
         with anyio.move_on_after(deadline - anyio.current_time()):
             try:
                 item = await inbox.receive()
@@ -124,7 +120,9 @@ async def _retrying(event: str, action: Callable[[], Awaitable[T]], status: Stat
     while True:
         try:
             result = await action()
-        except RETRYABLE as exc:
+        except Exception as exc:
+            if not retryable(exc):
+                raise
             if failing_since is None:
                 failing_since = time.monotonic()
             status.down(COMPONENT, f"unreachable ({type(exc).__name__})")

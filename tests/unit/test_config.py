@@ -106,10 +106,78 @@ def test_secret_files(tmp_path: Path) -> None:
         config.load({"SOUNDSTREAM_DATABASE_URL_FILE": str(secret), "SOUNDSTREAM_DATABASE_URL": "x"})
 
 
-def test_prefetch_is_derived_from_the_buffers() -> None:
-    s = config.load({"SOUNDSTREAM_WORKERS": "2", "SOUNDSTREAM_CHUNKS_PER_TASK": "4"})
+def test_prefetch_is_derived_from_the_buffers_within_the_byte_bound() -> None:
+    roomy = {"SOUNDSTREAM_MAX_HELD_MB": "65536"}
+    s = config.load({**roomy, "SOUNDSTREAM_WORKERS": "2", "SOUNDSTREAM_CHUNKS_PER_TASK": "4"})
     assert s.effective_prefetch == 2 * s.batch_max_chunks + 2 * 2 * 4
-    assert config.load({"SOUNDSTREAM_PREFETCH": "500"}).effective_prefetch == 500
+    assert config.load({**roomy, "SOUNDSTREAM_PREFETCH": "500"}).effective_prefetch == 500
+
+
+def test_the_byte_bound_caps_prefetch_at_two_largest_bodies_per_delivery() -> None:
+    s = config.load({"SOUNDSTREAM_PREFETCH": "500"})
+    # 1 GiB over 2 x 8 MiB: every held delivery may cost its body, then its samples.
+    assert s.effective_prefetch == 1024 // (2 * 8) == 64
+    assert s.effective_prefetch * s.held_bytes_per_delivery <= s.max_held_mb * 2**20
+    small = config.load({"SOUNDSTREAM_PREFETCH": "500", "SOUNDSTREAM_MAX_BODY_KB": "64"})
+    assert small.effective_prefetch == 500
+    assert config.load({"SOUNDSTREAM_MAX_HELD_MB": "16"}).effective_prefetch == 1
+
+
+def test_prefetch_never_exceeds_what_amqp_can_carry() -> None:
+    s = config.load(
+        {"SOUNDSTREAM_PREFETCH": "65535", "SOUNDSTREAM_MAX_BODY_KB": "1",
+         "SOUNDSTREAM_MAX_HELD_MB": "1048576"}
+    )  # fmt: skip
+    assert s.effective_prefetch == config.MAX_PREFETCH == 65535
+    s = config.load(
+        {"SOUNDSTREAM_BATCH_MAX_CHUNKS": "10000", "SOUNDSTREAM_WORKERS": "256",
+         "SOUNDSTREAM_CHUNKS_PER_TASK": "1024", "SOUNDSTREAM_MAX_BODY_KB": "1",
+         "SOUNDSTREAM_MAX_HELD_MB": "1048576"}
+    )  # fmt: skip
+    assert s.effective_prefetch == 65535
+
+
+@pytest.mark.parametrize(
+    ("files", "affinity", "expected"),
+    [
+        ({"sys/fs/cgroup/cpu.max": "max 100000\n"}, 8, 8),
+        ({"sys/fs/cgroup/cpu.max": "150000 100000\n"}, 8, 2),
+        ({"sys/fs/cgroup/cpu.max": "50000 100000\n"}, 8, 1),
+        ({"sys/fs/cgroup/cpu.max": "400000 100000\n"}, 2, 2),
+        ({"sys/fs/cgroup/cpu/cpu.cfs_quota_us": "300000\n",
+          "sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n"}, 8, 3),
+        ({"sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1\n",
+          "sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n"}, 8, 8),
+        ({}, 4, 4),
+    ],
+)  # fmt: skip
+def test_workers_default_to_the_cpus_the_process_may_use(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    files: dict[str, str],
+    affinity: int,
+    expected: int,
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _: set(range(affinity)))
+    assert config.available_cpus(tmp_path) == expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SOUNDSTREAM_DELIVERY_LIMIT", "0"),
+        ("SOUNDSTREAM_MAX_HELD_MB", "8"),
+        ("SOUNDSTREAM_MAX_BODY_KB", "8193"),
+        ("SOUNDSTREAM_WORKER_MEMORY_MB", "100"),
+        ("SOUNDSTREAM_DEAD_LETTER_TIMEOUT_S", "0"),
+    ],
+)
+def test_bounds_of_the_memory_and_delivery_settings(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        config.load({variable: value})
 
 
 def test_cli_exits_2_with_one_line_naming_the_variable() -> None:

@@ -1,0 +1,21 @@
+"""How many deliveries one pipeline run holds, and where: shared by its actors.
+
+The supervisor makes one ``Flow`` per pipeline run. The consumer counts what it
+received and has not settled yet; it and the extractor and writer count what is
+handed on for extraction and not committed yet. The writer commits as soon as its
+batch holds everything handed on (nothing more can arrive, so waiting would only
+add latency), and the supervisor reads ``held`` after a crash to tell whether one
+message can be blamed for it.
+"""
+
+from __future__ import annotations
+
+
+class Flow:
+    def __init__(self) -> None:
+        self.window = 0  # the prefetch consuming with: 0 before it starts, 1 while cautious
+        self.held = 0  # received and not yet acked, returned or dead-lettered
+        self.handed = 0  # handed to extraction and not yet committed or returned
+
+    def statistics(self) -> dict[str, int]:
+        return {"window": self.window, "held": self.held, "handed": self.handed}
