@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, cast
 
 import aiormq
 import anyio
@@ -32,6 +32,7 @@ from pamqp.commands import Basic
 
 from soundstream import wire
 from soundstream.config import Settings
+from soundstream.deadcopy import dead_letter_headers
 from soundstream.errors import Malformed, TopologyMismatch
 from soundstream.failures import unavailable
 from soundstream.flow import Flow
@@ -218,6 +219,7 @@ class _Subscription:
                 message.body,
                 props.message_id,
                 routing_key=message.routing_key or "",
+                max_body=self.settings.max_body_bytes,
             )
         except Malformed as exc:
             if await _dead_letter(self.dead_channel, message, exc.reason, self.settings):
@@ -252,7 +254,7 @@ async def _dead_letter(
         content_type=props.content_type,
         message_id=props.message_id,
         delivery_mode=2,
-        headers=wire.dead_letter_headers(props.headers, reason, message.routing_key),
+        headers=cast(Any, dead_letter_headers(props.headers, reason, message.routing_key)),
         timestamp=props.timestamp,
     )
     confirmation: object = None

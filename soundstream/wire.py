@@ -2,8 +2,7 @@
 
 Pure: no broker library is imported. ``decode`` either returns a ``Chunk`` or raises
 ``Malformed`` with a one-line reason that goes into the dead copy's ``x-error``, whatever
-the publisher sent; ``dead_letter_headers`` builds that copy's headers so that they can
-always be encoded again.
+the publisher sent (``deadcopy`` builds that copy's headers).
 
 Header values arrive as pamqp decodes an AMQP field table: ``str`` for a long string that
 is valid UTF-8, ``bytes`` for one that is not, ``bytearray`` for a byte array, ``int`` for
@@ -14,13 +13,11 @@ every integer width, ``float``, ``Decimal``, ``bool``, ``datetime``, ``list``, `
 
 from __future__ import annotations
 
-import calendar
 import re
-import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -62,38 +59,43 @@ def decode(
     message_id: object = None,
     *,
     routing_key: str | None = None,
+    max_body: int = MAX_BODY_BYTES,
 ) -> Chunk:
     """Validate one message; ``Malformed`` is the only exception it raises.
 
     The consumer passes the properties as the client library decoded them (so any type
-    may turn up) and always the routing key; the message id is checked last.
+    may turn up), always the routing key, and its deployment's body limit (at most the
+    wire format's); the message id is checked last.
     """
     if isinstance(body, bytearray | memoryview):
         body = bytes(body)
     if not isinstance(body, bytes):
-        raise Malformed(f"body must be bytes, got {_kind(body)}")
-    if len(body) > MAX_BODY_BYTES:
-        raise Malformed(f"body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
+        raise Malformed(f"body must be bytes, got {field_kind(body)}")
+    limit = min(max_body, MAX_BODY_BYTES)
+    if len(body) > limit:
+        raise Malformed(f"body is {len(body)} bytes; the limit is {limit}")
     if headers is None:
         headers = {}
     elif not isinstance(headers, Mapping):
-        raise Malformed(f"headers must be a table, got {_kind(headers)}")
+        raise Malformed(f"headers must be a table, got {field_kind(headers)}")
     sensor_id = _str_header(headers, "sensor_id")
     if SENSOR_ID.fullmatch(sensor_id) is None:
         raise Malformed(
-            f"header sensor_id must match [A-Za-z0-9._-]{{1,64}}, got {_show(sensor_id)}"
+            f"header sensor_id must match [A-Za-z0-9._-]{{1,64}}, got {short_repr(sensor_id)}"
         )
     seq = _int_header(headers, "seq", 0, INT64_MAX)
     start_ns = _int_header(headers, "start_ns", 0, INT64_MAX)
 
     if content_type is not None and not isinstance(content_type, str):
-        raise Malformed(f"content_type must be a string, got {_kind(content_type)}")
+        raise Malformed(f"content_type must be a string, got {field_kind(content_type)}")
     kind = (content_type or "").split(";", 1)[0].strip().lower()
     if kind == PCM:
         rate = _int_header(headers, "sample_rate", MIN_RATE, MAX_RATE)
         encoding = _str_header(headers, "encoding")
         if encoding not in ENCODINGS:
-            raise Malformed(f"header encoding must be s16le or f32le, got {_show(encoding, 20)}")
+            raise Malformed(
+                f"header encoding must be s16le or f32le, got {short_repr(encoding, 20)}"
+            )
         channels = _int_header(headers, "channels", 1, 2)
         data: bytes | memoryview = body
     elif kind == WAV:
@@ -110,7 +112,9 @@ def decode(
     elif not kind:
         raise Malformed("content_type is missing")
     else:
-        raise Malformed(f"content_type must be {PCM} or {WAV}, got {_show(content_type or '')}")
+        raise Malformed(
+            f"content_type must be {PCM} or {WAV}, got {short_repr(content_type or '')}"
+        )
 
     samples = to_mono(data, ENCODINGS[encoding], channels)
     # Python ints, so the sum itself cannot wrap; the chunk ends ceil(n / rate) s later.
@@ -122,14 +126,14 @@ def decode(
         )
     if routing_key is not None:
         if not isinstance(routing_key, str):
-            raise Malformed(f"routing key must be a string, got {_kind(routing_key)}")
+            raise Malformed(f"routing key must be a string, got {field_kind(routing_key)}")
         if routing_key != f"sensor.{sensor_id}":
-            raise Malformed(f"routing key {_show(routing_key)} is not 'sensor.{sensor_id}'")
+            raise Malformed(f"routing key {short_repr(routing_key)} is not 'sensor.{sensor_id}'")
     if message_id is not None:
         if not isinstance(message_id, str):
-            raise Malformed(f"message_id must be a string, got {_kind(message_id)}")
+            raise Malformed(f"message_id must be a string, got {field_kind(message_id)}")
         if message_id and message_id != f"{sensor_id}:{seq}":
-            raise Malformed(f"message_id {_show(message_id)} is not '{sensor_id}:{seq}'")
+            raise Malformed(f"message_id {short_repr(message_id)} is not '{sensor_id}:{seq}'")
     return Chunk(sensor_id, seq, start_ns, rate, samples)
 
 
@@ -166,7 +170,7 @@ def _str_header(headers: Mapping[Any, Any], name: str) -> str:
     if value is _ABSENT:
         raise Malformed(f"header {name} is missing")
     if not isinstance(value, str):
-        raise Malformed(f"header {name} must be a string, got {_kind(value)}")
+        raise Malformed(f"header {name} must be a string, got {field_kind(value)}")
     return value
 
 
@@ -175,13 +179,13 @@ def _int_header(headers: Mapping[Any, Any], name: str, lo: int, hi: int) -> int:
     if value is _ABSENT:
         raise Malformed(f"header {name} is missing")
     if isinstance(value, bool) or not isinstance(value, int):
-        raise Malformed(f"header {name} must be an integer, got {_kind(value)}")
+        raise Malformed(f"header {name} must be an integer, got {field_kind(value)}")
     if not lo <= value <= hi:
         raise Malformed(f"header {name} must be in {lo}..{hi}, got {_show_int(value)}")
     return value
 
 
-def _kind(value: object) -> str:
+def field_kind(value: object) -> str:
     """The AMQP field type a decoded value came from, for a reason."""
     if isinstance(value, bytes):
         try:
@@ -192,7 +196,7 @@ def _kind(value: object) -> str:
     for types, name in _KINDS:
         if isinstance(value, types):
             return name
-    return _show(type(value).__qualname__, 40)
+    return short_repr(type(value).__qualname__, 40)
 
 
 # Order matters: bool is an int.
@@ -210,7 +214,7 @@ _KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
 )
 
 
-def _show(value: str | bytes | bytearray, limit: int = 60) -> str:
+def short_repr(value: str | bytes | bytearray, limit: int = 60) -> str:
     """A short repr: never the whole of a huge value, never a line break."""
     text = repr(value[:limit])
     if len(value) > limit or len(text) > 2 * limit:
@@ -250,176 +254,3 @@ def message_id(sensor_id: str, seq: int) -> str:
 
 def routing_key(sensor_id: str) -> str:
     return f"sensor.{sensor_id}"
-
-
-# The dead copy's headers. pamqp, which encodes them, rejects or mangles some of the values
-# it decodes itself: ``bytes`` (a long string that is not UTF-8), doubles beyond float32
-# (it writes every float as 32-bit), integers beyond 64 bits, keys over 128 bytes (cut,
-# so two may collide), strings that are not UTF-8-encodable, timestamps before 1970,
-# and nesting deep enough to exhaust the stack. Such values are converted or dropped here.
-ERROR_HEADER = "x-error"
-ROUTING_KEY_HEADER = "x-original-routing-key"
-DROPPED_HEADER = "x-dropped-headers"
-CONVERTED_HEADER = "x-converted-headers"
-_OURS = frozenset((ERROR_HEADER, ROUTING_KEY_HEADER, DROPPED_HEADER, CONVERTED_HEADER))
-MAX_KEY_BYTES = 128
-MAX_NESTING = 32
-MAX_TEXT = 1000
-_UINT64_MAX = 2**64 - 1
-_UINT32_MAX = 2**32 - 1
-
-
-def dead_letter_headers(headers: object, reason: str, routing_key: str | None) -> dict[str, object]:
-    """The headers of a malformed message's dead copy; always an encodable AMQP table.
-
-    The original headers (when a table) are kept, plus ``x-error`` (the reason) and
-    ``x-original-routing-key`` (``""`` when unknown). A header whose value could not be
-    encoded again is dropped and named in ``x-dropped-headers`` (``"name: why"``); one
-    holding ``bytes`` gets them as a byte array instead, and is named in
-    ``x-converted-headers``. These four names are ours: an original's are replaced.
-    """
-    out: dict[str, object] = {}
-    dropped: list[str] = []
-    converted: list[str] = []
-    if isinstance(headers, dict):
-        for key, value in headers.items():
-            if key in _OURS:  # from an earlier dead-lettering: replaced, not mixed
-                continue
-            try:
-                name = _table_key(key)
-                clean, changed = _encodable(value, 0)
-            except _Unencodable as exc:
-                dropped.append(f"{_key_name(key)}: {exc}")
-                continue
-            out[name] = clean
-            if changed:
-                converted.append(name)
-    elif headers is not None:
-        dropped.append(f"(headers): {_kind(headers)}, not a table")
-    out[ERROR_HEADER] = _text(reason)
-    out[ROUTING_KEY_HEADER] = _text(routing_key)
-    if dropped:
-        out[DROPPED_HEADER] = dropped
-    if converted:
-        out[CONVERTED_HEADER] = converted
-    return out
-
-
-class _Unencodable(Exception):
-    """A header value pamqp would reject or mangle; the message says why."""
-
-
-def _text(value: object) -> str:
-    text = value if isinstance(value, str) else "" if value is None else _kind(value)
-    # Lone surrogates cannot be encoded as UTF-8; spell them out instead.
-    return text[:MAX_TEXT].encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _table_key(key: object) -> str:
-    if not isinstance(key, str):
-        raise _Unencodable(f"key is not a string ({_kind(key)})")
-    try:
-        size = len(key.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise _Unencodable("key is not encodable as UTF-8") from None
-    if size > MAX_KEY_BYTES:
-        # pamqp would cut it, and two cut keys may collide.
-        raise _Unencodable(f"key is {size} bytes, over {MAX_KEY_BYTES}")
-    return key
-
-
-def _key_name(key: object) -> str:
-    """How a dropped key is named in ``x-dropped-headers``: itself, or a short repr."""
-    if not isinstance(key, str):
-        return f"<{_kind(key)}>"
-    try:
-        return _table_key(key)
-    except _Unencodable:
-        return _show(key)
-
-
-def _encodable(value: object, depth: int) -> tuple[object, bool]:
-    """``(value to send, whether it was converted)``, or ``_Unencodable``."""
-    if value is None or isinstance(value, bool | bytearray):
-        return value, False
-    if isinstance(value, int):
-        if not INT64_MIN <= value <= INT64_MAX:
-            raise _Unencodable("integer outside 64 bits")
-    elif isinstance(value, float):
-        try:
-            struct.pack(">f", value)  # pamqp writes every float as 32-bit
-        except OverflowError:
-            raise _Unencodable("float beyond the 32-bit range") from None
-    elif isinstance(value, str):
-        try:
-            size = len(value.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise _Unencodable("string not encodable as UTF-8") from None
-        if size > _UINT32_MAX:
-            raise _Unencodable("string over 4 GiB")
-    elif isinstance(value, bytes):
-        return bytearray(value), True
-    elif isinstance(value, Decimal):
-        _check_decimal(value)
-    elif isinstance(value, datetime | time.struct_time):
-        _check_timestamp(value)
-    elif isinstance(value, list | dict):
-        if depth >= MAX_NESTING:
-            raise _Unencodable(f"nested deeper than {MAX_NESTING}")
-        return _encodable_container(value, depth + 1)
-    else:
-        raise _Unencodable(f"{_kind(value)} is no AMQP field type")
-    return value, False
-
-
-def _encodable_container(
-    value: list[object] | dict[object, object], depth: int
-) -> tuple[object, bool]:
-    changed = False
-    if isinstance(value, list):
-        items: list[object] = []
-        for item in value:
-            clean, was_changed = _encodable(item, depth)
-            items.append(clean)
-            changed |= was_changed
-        return items, changed
-    table: dict[str, object] = {}
-    for key, item in value.items():
-        name = _table_key(key)
-        table[name], was_changed = _encodable(item, depth)
-        changed |= was_changed
-    return table, changed
-
-
-def _check_decimal(value: Decimal) -> None:
-    # pamqp sends (scale octet, signed 32-bit mantissa), value = mantissa * 10**-scale.
-    try:
-        exponent = value.as_tuple().exponent
-        if not isinstance(exponent, int):
-            raise _Unencodable("decimal NaN or infinity")
-        if exponent > 0:
-            scale, mantissa = 0, int(value) if value.adjusted() < 12 else INT64_MAX
-        else:
-            scale = -exponent
-            if scale > 255:
-                raise _Unencodable("decimal scale over 255")
-            mantissa = int(value.scaleb(scale))
-    except (ArithmeticError, ValueError):
-        raise _Unencodable("decimal not representable") from None
-    if not -(2**31) <= mantissa < 2**31:
-        raise _Unencodable("decimal mantissa outside 32 bits")
-
-
-def _check_timestamp(value: datetime | time.struct_time) -> None:
-    # pamqp sends whole seconds as an unsigned 64-bit count; naive means UTC.
-    try:
-        if isinstance(value, datetime):
-            if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
-                value = value.replace(tzinfo=UTC)
-            seconds = int(value.timestamp())
-        else:
-            seconds = calendar.timegm(value)
-    except (ArithmeticError, ValueError, TypeError, OSError):
-        raise _Unencodable("timestamp not representable") from None
-    if not 0 <= seconds <= _UINT64_MAX:
-        raise _Unencodable("timestamp before 1970 or beyond 64 bits")

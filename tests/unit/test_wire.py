@@ -227,54 +227,6 @@ def test_body_may_be_any_bytes_like() -> None:
         assert len(wire.decode("audio/pcm", pcm_headers(), body).samples) == 8  # type: ignore[arg-type]
 
 
-def test_dead_letter_headers_keep_the_original_and_add_the_reason() -> None:
-    original = pcm_headers(trace={"id": [1, "a", None]})
-    headers = wire.dead_letter_headers(original, "header seq is missing", "sensor.mic-1")
-    assert headers == {
-        **original,
-        "x-error": "header seq is missing",
-        "x-original-routing-key": "sensor.mic-1",
-    }
-    assert original == pcm_headers(trace={"id": [1, "a", None]}), "the input is not changed"
-
-
-def test_dead_letter_headers_replace_and_record_what_cannot_be_sent() -> None:
-    original = {
-        "sensor_id": b"\xffmic",
-        "seq": 2**64,
-        "nested": [1, {"deep": 1e300}],
-        "k" * 129: 1,
-        "x-error": "an old reason",
-        "x-dropped-headers": "from an earlier dead-lettering",
-        "fine": "yes",
-    }
-    headers = wire.dead_letter_headers(original, "why", None)
-    assert headers == {
-        "sensor_id": bytearray(b"\xffmic"),
-        "fine": "yes",
-        "x-error": "why",
-        "x-original-routing-key": "",
-        "x-dropped-headers": [
-            "seq: integer outside 64 bits",
-            "nested: float beyond the 32-bit range",
-            f"{'k' * 60!r}...: key is 129 bytes, over 128",
-        ],
-        "x-converted-headers": ["sensor_id"],
-    }
-
-
-def test_dead_letter_headers_of_headers_that_are_not_a_table() -> None:
-    assert wire.dead_letter_headers(["a"], "why", "sensor.x") == {
-        "x-error": "why",
-        "x-original-routing-key": "sensor.x",
-        "x-dropped-headers": ["(headers): array, not a table"],
-    }
-    assert wire.dead_letter_headers(None, "why", "sensor.x") == {
-        "x-error": "why",
-        "x-original-routing-key": "sensor.x",
-    }
-
-
 MALFORMED = [
     ("missing sensor_id", "audio/pcm", pcm_headers(sensor_id=None), GOOD, "sensor_id is missing"),
     ("bad sensor_id", "audio/pcm", pcm_headers(sensor_id="a b"), GOOD, "sensor_id must match"),

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from soundstream import wav, wire
+from soundstream import deadcopy, wav, wire
 from soundstream.errors import Malformed
 
 GOOD = np.zeros(8, dtype="<i2").tobytes()
@@ -123,7 +123,7 @@ def check(
         chunk = wire.decode(content_type, headers, body, message_id, routing_key=routing_key)
     except Malformed as exc:
         assert exc.reason and "\n" not in exc.reason and len(exc.reason) < 300, exc.reason
-        dead = wire.dead_letter_headers(headers, exc.reason, routing_key)
+        dead = deadcopy.dead_letter_headers(headers, exc.reason, routing_key)
         assert_round_trips(dead)
         return None
     assert isinstance(headers, dict)
@@ -260,7 +260,7 @@ def test_each_field_type_in_each_listed_header(
         with pytest.raises(Malformed) as caught:
             wire.decode("audio/pcm", headers, GOOD)
         assert caught.value.reason == f"header {header} must be {wanted}, got {kind}"
-        dead = wire.dead_letter_headers(headers, caught.value.reason, "sensor.mic-1")
+        dead = deadcopy.dead_letter_headers(headers, caught.value.reason, "sensor.mic-1")
         assert_round_trips(dead)
 
 
@@ -311,10 +311,10 @@ def test_dead_letter_headers_of_received_tables_round_trip(
     entries: list[tuple[str, bytes]], reason: str, routing_key: str | None
 ) -> None:
     headers = received(entries)
-    dead = wire.dead_letter_headers(headers, reason, routing_key)
+    dead = deadcopy.dead_letter_headers(headers, reason, routing_key)
     assert_round_trips(dead)
     assert dead["x-error"] == reason
-    assert dead["x-original-routing-key"] == (routing_key or "")[: wire.MAX_TEXT]
+    assert dead["x-original-routing-key"] == (routing_key or "")[: deadcopy.MAX_TEXT]
     dropped = dead.get("x-dropped-headers", [])
     converted = dead.get("x-converted-headers", [])
     assert isinstance(dropped, list) and isinstance(converted, list)
@@ -391,7 +391,7 @@ PY_VALUES = st.recursive(
 def test_dead_letter_headers_of_any_python_values_are_encodable(
     headers: object, reason: str, routing_key: str | None
 ) -> None:
-    dead = wire.dead_letter_headers(headers, reason, routing_key)
+    dead = deadcopy.dead_letter_headers(headers, reason, routing_key)
     assert all(isinstance(key, str) for key in dead)
     assert_round_trips(dead)
 
@@ -403,15 +403,15 @@ def _nested(depth: int) -> bytes:
     return value
 
 
-@pytest.mark.parametrize(("depth", "kept"), [(1, True), (wire.MAX_NESTING, True), (400, False)])
+@pytest.mark.parametrize(("depth", "kept"), [(1, True), (deadcopy.MAX_NESTING, True), (400, False)])
 def test_dead_letter_headers_drop_nesting_deep_enough_to_exhaust_the_stack(
     depth: int, kept: bool
 ) -> None:
     headers = received([("deep", _nested(depth)), ("ok", b"b\x01")])
-    dead = wire.dead_letter_headers(headers, "why", "sensor.x")
+    dead = deadcopy.dead_letter_headers(headers, "why", "sensor.x")
     assert ("deep" in dead) is kept and dead["ok"] == 1
     if not kept:
-        assert dead["x-dropped-headers"] == [f"deep: nested deeper than {wire.MAX_NESTING}"]
+        assert dead["x-dropped-headers"] == [f"deep: nested deeper than {deadcopy.MAX_NESTING}"]
     assert_round_trips(dead)
 
 
@@ -465,14 +465,14 @@ def test_pamqp_cuts_long_keys_so_two_can_collide() -> None:
     encoded = pamqp.encode.field_table({"k" * 129: 1, "k" * 130: 2})
     _, decoded = pamqp.decode.field_table(encoded)
     assert list(decoded) == ["k" * 128]
-    dead = wire.dead_letter_headers({"k" * 129: 1, "k" * 130: 2}, "why", None)
+    dead = deadcopy.dead_letter_headers({"k" * 129: 1, "k" * 130: 2}, "why", None)
     assert len(dead["x-dropped-headers"]) == 2  # type: ignore[arg-type]
     assert_round_trips(dead)
 
 
 def test_decimal_round_trip_and_its_limits() -> None:
     assert received([("D", b"D" + struct.pack(">Bi", 2, -150))]) == {"D": Decimal("-1.50")}
-    dead = wire.dead_letter_headers(
+    dead = deadcopy.dead_letter_headers(
         {"ok": Decimal("-1.50"), "big": Decimal(2**31), "nan": Decimal("NaN")}, "why", None
     )
     assert dead["ok"] == Decimal("-1.50")
