@@ -349,3 +349,13 @@ def test_f32le_round_trips_exactly(samples: np.ndarray) -> None:
 def test_arbitrary_headers_decode_or_raise_malformed(overrides: dict[str, object]) -> None:
     with contextlib.suppress(Malformed):
         wire.decode("audio/pcm", pcm_headers(**overrides), GOOD)
+
+
+def test_a_deployment_may_lower_the_body_limit_but_not_raise_it() -> None:
+    body = np.zeros(513, dtype="<i2").tobytes()
+    with pytest.raises(Malformed, match="body is 1026 bytes; the limit is 1024"):
+        wire.decode("audio/pcm", pcm_headers(), body, max_body=1024)
+    assert len(wire.decode("audio/pcm", pcm_headers(), body, max_body=2048).samples) == 513
+    huge = bytes(wire.MAX_BODY_BYTES + 2)
+    with pytest.raises(Malformed, match=f"the limit is {wire.MAX_BODY_BYTES}$"):
+        wire.decode("audio/pcm", pcm_headers(), huge, max_body=2 * wire.MAX_BODY_BYTES)
