@@ -1,4 +1,4 @@
-"""The consumer actor: the only owner of the broker connection.
+"""The consumer actor: the only owner of the broker connections.
 
 It declares the topology, consumes with manual acks and a bounded prefetch, decodes
 each message, sends good chunks on, dead-letters malformed ones (ack only after the
@@ -19,7 +19,9 @@ holds, closes its outbox and keeps settling until every sender of settlements cl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from contextlib import AsyncExitStack
 from typing import Any, cast
 
 import aiormq
@@ -106,24 +108,29 @@ async def run(
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     status.down(COMPONENT, "connecting")
-    try:
-        connection = await aiormq.connect(settings.amqp_url)
-    except Exception as exc:
-        status.down(COMPONENT, f"unreachable ({type(exc).__name__})")
-        raise
-    try:
+    async with AsyncExitStack() as stack:
+        try:
+            connection = await aiormq.connect(settings.amqp_url)
+            stack.push_async_callback(_close, connection)
+            # Dead copies go out on a connection of their own: RabbitMQ blocks a
+            # connection that publishes while an alarm is on, and the client then holds
+            # back every frame on it, acks included. Consuming never waits on that.
+            publisher = await aiormq.connect(settings.amqp_url)
+            stack.push_async_callback(_close, publisher)
+        except Exception as exc:
+            status.down(COMPONENT, f"unreachable ({type(exc).__name__})")
+            raise
+        stack.callback(status.down, COMPONENT, "disconnected")
         channel = await connection.channel()
         await declare_topology(channel, settings)
-        # Dead copies go out on a channel of their own, so waiting for their confirms
-        # (or a broker alarm blocking publishers) never holds up acks.
-        dead_channel = await connection.channel(publisher_confirms=True)
+        dead_channel = await publisher.channel(publisher_confirms=True)
         subscription = _Subscription(settings, channel, dead_channel, flow, cautious=cautious)
         with subscription.inbox_in, subscription.inbox_out:
             await subscription.start()
             status.up(COMPONENT)
             task_status.started()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_watch, connection, channel, dead_channel)
+                tg.start_soon(_watch, connection, publisher, channel, dead_channel)
                 if cautious:
                     tg.start_soon(subscription.widen)
                 tg.start_soon(subscription.stop_when, stop)
@@ -135,10 +142,11 @@ async def run(
                 # Everything is handed on; the settlements' senders close once done.
                 await all_settled.wait()
                 tg.cancel_scope.cancel()
-    finally:
-        status.down(COMPONENT, "disconnected")
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            await connection.close()
+
+
+async def _close(connection: aiormq.abc.AbstractConnection) -> None:
+    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+        await connection.close()
 
 
 class _Subscription:
@@ -258,9 +266,13 @@ async def _dead_letter(
         timestamp=props.timestamp,
     )
     confirmation: object = None
-    with anyio.move_on_after(settings.dead_letter_timeout_s):
+    with contextlib.suppress(TimeoutError):
         confirmation = await channel.basic_publish(
-            message.body, exchange=settings.dead_exchange, routing_key="", properties=copy
+            message.body,
+            exchange=settings.dead_exchange,
+            routing_key="",
+            properties=copy,
+            timeout=settings.dead_letter_timeout_s,
         )
     if not isinstance(confirmation, Basic.Ack):
         # The original goes back to the queue (the broker counts the delivery) and
@@ -280,14 +292,14 @@ async def _dead_letter(
     return True
 
 
-async def _watch(connection: aiormq.abc.AbstractConnection, *channels: Any) -> None:
+async def _watch(*closables: Any) -> None:
     """Turn a closed connection or channel into the error the supervisor acts on.
 
     The ``closing`` futures belong to aiormq: wait for them, never cancel them (a
     cancelled one makes ``connection.close()`` a no-op and leaves the old consumer
     holding its deliveries until the heartbeat times out).
     """
-    futures = [connection.closing, *(channel.closing for channel in channels)]
+    futures = [closable.closing for closable in closables]
     closed = anyio.Event()
 
     def on_done(_: asyncio.Future[Any]) -> None:
