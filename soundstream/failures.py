@@ -36,6 +36,9 @@ _DATABASE_AWAY = (
     # Too many connections, disk full, out of memory: an operator or time fixes it.
     asyncpg.InsufficientResourcesError,
 )
+# asyncpg reports an operation on a connection that went away as a plain
+# InterfaceError (the class it also uses for misuse), told apart by its words.
+_CLOSED_CONNECTION = ("connection is closed", "connection was closed")
 # Worth running the same transaction again, though nothing is out of reach.
 _TRANSIENT_CONFLICT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
@@ -73,6 +76,10 @@ def _out_of_reach(exc: BaseException) -> bool:
     if isinstance(exc, _PROTOCOL):
         return False
     if isinstance(exc, _DATABASE_AWAY):
+        return True
+    if isinstance(exc, asyncpg.InterfaceError) and any(
+        words in str(exc) for words in _CLOSED_CONNECTION
+    ):
         return True
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
         # SQLSTATE errors and client-side errors such as DataError: deterministic.

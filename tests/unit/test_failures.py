@@ -22,6 +22,10 @@ OUT_OF_REACH = [
     asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
     asyncpg.TooManyConnectionsError("sorry, too many clients already"),
     asyncpg.exceptions.DiskFullError("could not extend file"),
+    asyncpg.InterfaceError(
+        "cannot call Transaction.__aexit__(): the underlying connection is closed"
+    ),
+    asyncpg.InterfaceError("cannot perform operation: connection is closed"),
 ]
 CRASHES = [
     amqp.AuthenticationError("ACCESS_REFUSED"),
