@@ -167,10 +167,11 @@ class _Subscription:
         self.flow = flow
         self.cautious = cautious
         self.prefetch = settings.effective_prefetch
-        # The broker never has more than ``prefetch`` unacked deliveries out, so an
-        # inbox of that size never fills: the callback can hand over without waiting.
+        # The broker never has more than ``prefetch`` unacked deliveries out (plus the
+        # one a cautious consumer may still hold while the wide one starts), so an inbox
+        # of that size never fills: the callback can hand over without waiting.
         self.inbox_in, self.inbox_out = anyio.create_memory_object_stream[DeliveredMessage](
-            self.prefetch
+            self.prefetch + 1
         )
         self.fresh = anyio.Event()
         self.tag = ""
