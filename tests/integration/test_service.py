@@ -216,7 +216,15 @@ async def test_an_unreachable_dependency_is_waited_for_not_fatal(
     async with anyio.create_task_group() as tg:
         port = await tg.start(serve, s, stop)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            await anyio.sleep(2.5)  # several retries
+
+            async def failed_to_reach() -> bool:
+                answer = await client.get("/readyz")
+                return answer.status_code == 503 and "unreachable" in answer.json()["detail"]
+
+            # A failed attempt is reported; with no restart budget a crash would have
+            # ended ``serve`` by now, yet it goes on answering and retrying.
+            await wait_for(failed_to_reach, within=20)
+            await wait_for(failed_to_reach, within=20)
             answer = await client.get("/readyz")
             assert (await client.get("/healthz")).status_code == 200
         stop.set()
@@ -256,8 +264,12 @@ async def test_a_dependency_that_comes_up_late_is_picked_up(
         async with anyio.create_task_group() as tg:
             http = await tg.start(serve, s, stop)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http}") as client:
-                await anyio.sleep(1.5)
-                assert (await client.get("/readyz")).status_code == 503
+
+                async def failed_to_reach() -> bool:
+                    answer = await client.get("/readyz")
+                    return answer.status_code == 503 and "unreachable" in answer.json()["detail"]
+
+                await wait_for(failed_to_reach, within=20)
                 await proxies.start(tcp_proxy, port, target)
 
                 async def ready() -> bool:
