@@ -149,7 +149,6 @@ async def _restart_loop(
     crashes: deque[float] = deque()
     backoff = MIN_BACKOFF_S
     while True:
-        started = time.monotonic()
         flow = Flow()
         try:
             # Every run starts cautious: the deliveries an earlier run (of this or
@@ -181,8 +180,6 @@ async def _restart_loop(
                 await _pause(MIN_BACKOFF_S, stop)
             else:
                 now = time.monotonic()
-                if now - started > settings.restart_window_s:
-                    backoff = MIN_BACKOFF_S  # it had been healthy for a while
                 crashes.append(now)
                 while crashes and now - crashes[0] > settings.restart_window_s:
                     crashes.popleft()
