@@ -94,7 +94,7 @@ class Settings:
     dead_queue: str = "soundstream.dead"
 
     delivery_limit: int = 5
-    max_held_mb: int = 1024
+    max_held_mb: int = 2048
     max_body_kb: int = MAX_BODY_KB
     worker_memory_mb: int = 0  # 0: no limit
     dead_letter_timeout_s: float = 10.0

@@ -115,8 +115,8 @@ def test_prefetch_is_derived_from_the_buffers_within_the_byte_bound() -> None:
 
 def test_the_byte_bound_caps_prefetch_at_two_largest_bodies_per_delivery() -> None:
     s = config.load({"SOUNDSTREAM_PREFETCH": "500"})
-    # 1 GiB over 2 x 8 MiB: every held delivery may cost its body, then its samples.
-    assert s.effective_prefetch == 1024 // (2 * 8) == 64
+    # 2 GiB over 2 x 8 MiB: every held delivery may cost its body, then its samples.
+    assert s.effective_prefetch == 2048 // (2 * 8) == 128
     assert s.effective_prefetch * s.held_bytes_per_delivery <= s.max_held_mb * 2**20
     small = config.load({"SOUNDSTREAM_PREFETCH": "500", "SOUNDSTREAM_MAX_BODY_KB": "64"})
     assert small.effective_prefetch == 500
