@@ -1,6 +1,6 @@
 """Peak resident memory of one ``soundstream serve`` replica while it drains a backlog.
 
-    .venv/bin/python bench/memory.py [--small 100000] [--large 48] [--skip-small]
+    .venv/bin/python bench/memory.py [--small 100000] [--large 200] [--skip-small]
                                      [--skip-large] [--timeout 600]
     SOUNDSTREAM_MAX_HELD_MB=256 .venv/bin/python bench/memory.py   # settings pass through
 
@@ -715,7 +715,9 @@ def write(args: argparse.Namespace, results: list[dict[str, Any]]) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", type=int, default=100_000, help="chunks of 1,600 bytes")
-    parser.add_argument("--large", type=int, default=48, help="chunks of 8 MiB")
+    parser.add_argument(
+        "--large", type=int, default=200, help="chunks of 8 MiB (more than the default prefetch)"
+    )
     parser.add_argument("--skip-small", action="store_true")
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per drain")
