@@ -1,0 +1,422 @@
+"""End-to-end drain of one replica against the consumer a user would write first.
+
+    .venv/bin/python bench/endtoend.py [--sensors 60] [--seconds 10] [--runs 3]
+                                       [--timeout 600]
+
+Each drain: a fresh database and fresh AMQP names; a backlog of ``sensors x seconds``
+chunks of 1 s of 16 kHz s16le mono (32,000 bytes, 30 frames each) is published
+pre-encoded with publisher confirms while no consumer runs; then one consumer drains
+it: ``soundstream serve`` (role ingest, default settings) or ``bench/naive.py``. The
+two alternate, ``--runs`` times each (ours first in odd runs, naive first in even).
+
+The drain window runs from the first commit the bench sees to the moment every chunk
+is committed (the summed ``sensors.chunks`` polled every 50 ms; cheap, as that table
+has one row per sensor); chunks/s counts the chunks committed inside it. CPU is
+utime+stime of /proc/<pid>/stat, sampled at the start and end of the window and
+every 0.25 s in between (a process that exits keeps its last value; one that appears
+counts from 0), summed per family: the consumer's main process, its descendants
+(pool workers), every ``postgres`` process except the bench's own polling backend,
+and RabbitMQ (``beam.smp`` and its descendants). "cores busy" is the families' CPU
+seconds over the window's wall seconds; "machine busy" the same from /proc/stat (all
+processes, the bench itself and anyone else's work included).
+
+Prints a table of medians over the runs and the ratio ours/naive, and writes all of
+it to ``bench/results/endtoend-<UTC time>.json``. Needs the local PostgreSQL and
+RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import orjson
+from anyio.abc import Process
+from memory import (
+    Plan,
+    Target,
+    fresh,
+    make_shape,
+    message_count,
+    queue_backlog,
+    serve_env,
+    stop,
+)
+
+from soundstream import config
+
+RESULTS = Path(__file__).parent / "results"
+NAIVE = Path(__file__).parent / "naive.py"
+SYSTEMS = ("ours", "naive")
+FAMILIES = ("main", "children", "postgres", "rabbitmq")
+TICK = os.sysconf("SC_CLK_TCK")
+POLL_S = 0.05  # committed-chunk polling
+SAMPLE_S = 0.25  # /proc sampling in between
+SAMPLE_RATE = 16000
+FRAMES_PER_CHUNK = 30  # 1 + (16000 - 1024) // 512 with the default n_fft and hop
+
+
+# -- /proc ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    comm: str
+    ppid: int
+    ticks: int  # utime + stime
+
+
+def snapshot() -> dict[int, Stat]:
+    table: dict[int, Stat] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                raw = f.read().decode()
+        except OSError:
+            continue
+        head, _, tail = raw.rpartition(")")
+        fields = tail.split()  # fields[0] is field 3 (state)
+        table[int(entry.name)] = Stat(
+            head.split("(", 1)[1], int(fields[1]), int(fields[11]) + int(fields[12])
+        )
+    return table
+
+
+def descendants(table: dict[int, Stat], root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, stat in table.items():
+        children.setdefault(stat.ppid, []).append(pid)
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # guest time is already in user
+    return total - idle, total
+
+
+@dataclass
+class Cpu:
+    """Ticks per pid over the drain window, each pid filed under a family."""
+
+    root: int
+    exclude: set[int]
+    database: str  # its backends' process titles name it
+    base: dict[int, int] = field(default_factory=dict)
+    last: dict[int, int] = field(default_factory=dict)
+    family: dict[int, str] = field(default_factory=dict)
+    started: bool = False
+    machine: list[tuple[int, int]] = field(default_factory=list)
+    # Every other process, to see what else ran: pid -> (comm, first ticks, last ticks)
+    others: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    this_db: set[int] = field(default_factory=set)  # postgres processes of the database
+
+    def classify(self, table: dict[int, Stat]) -> dict[int, str]:
+        found = {self.root: "main"}
+        found |= {pid: "children" for pid in descendants(table, self.root)}
+        beams = {pid for pid, s in table.items() if s.comm == "beam.smp"}
+        for beam in beams:
+            found |= {pid: "rabbitmq" for pid in descendants(table, beam) | {beam}}
+        found |= {
+            pid: "postgres"
+            for pid, s in table.items()
+            if s.comm == "postgres" and pid not in self.exclude
+        }
+        return found
+
+    def sample(self) -> None:
+        table = snapshot()
+        kinds = self.classify(table)
+        for pid, kind in kinds.items():
+            if pid not in self.family and kind == "postgres" and self.serves_database(pid):
+                self.this_db.add(pid)
+            self.family.setdefault(pid, kind)
+            if not self.started:
+                self.base[pid] = table[pid].ticks
+            self.last[pid] = table[pid].ticks
+        for pid, stat in table.items():
+            if pid not in kinds:
+                first = self.others.get(pid, (stat.comm, 0 if self.started else stat.ticks, 0))[1]
+                self.others[pid] = (stat.comm, first, stat.ticks)
+        if not self.started:
+            self.machine.append(machine_ticks())
+        self.started = True
+
+    def end(self) -> None:
+        self.sample()
+        self.machine.append(machine_ticks())
+
+    def serves_database(self, pid: int) -> bool:
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return f" {self.database} ".encode() in title
+
+    def seconds(self) -> dict[str, float]:
+        """CPU seconds per family, and of those of postgres the part of the backends
+        (and autovacuum workers) of this database: other work may use the server."""
+        out = dict.fromkeys((*FAMILIES, "postgres_this_db"), 0.0)
+        for pid, ticks in self.last.items():
+            used = (ticks - self.base.get(pid, 0)) / TICK
+            out[self.family[pid]] += used
+            if pid in self.this_db:
+                out["postgres_this_db"] += used
+        return out
+
+    def other_seconds(self) -> dict[str, float]:
+        """CPU seconds of every other process over the window, per comm (the bench
+        itself as "bench"), largest first."""
+        by_comm: dict[str, float] = {}
+        for pid, (comm, first, last) in self.others.items():
+            name = "bench" if pid == os.getpid() else comm
+            by_comm[name] = by_comm.get(name, 0.0) + (last - first) / TICK
+        return dict(sorted(by_comm.items(), key=lambda kv: -kv[1]))
+
+    def machine_busy_s(self) -> tuple[float, float]:
+        """(busy CPU seconds, CPU seconds available) over the window, all CPUs."""
+        (b0, t0), (b1, t1) = self.machine[0], self.machine[-1]
+        return (b1 - b0) / TICK, (t1 - t0) / TICK
+
+
+# -- one drain -----------------------------------------------------------------------
+
+
+def command(system: str) -> list[str]:
+    if system == "ours":
+        return [sys.executable, "-m", "soundstream", "serve"]
+    return [sys.executable, str(NAIVE)]
+
+
+def new_target() -> Target:
+    tag = f"bench_e2e_{uuid.uuid4().hex[:8]}"
+    database = PG_BASE + "/" + tag
+    names = {
+        "audio_exchange": f"{tag}.audio",
+        "queue": f"{tag}.features",
+        "dead_exchange": f"{tag}.dead",
+        "dead_queue": f"{tag}.dead",
+    }
+    return Target(tag, database, names, config.load(serve_env(database, names)))
+
+
+PG_BASE = os.environ.get(
+    "SOUNDSTREAM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
+).rsplit("/", 1)[0]
+
+
+async def drain_once(system: str, plan: Plan, timeout_s: float) -> dict[str, Any]:
+    target = new_target()
+    async with fresh(target) as channel:
+        published = await queue_backlog(plan, target, channel)
+        conn = await asyncpg.connect(target.database)
+        try:
+            own_backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+            process = await anyio.open_process(
+                command(system),
+                env=serve_env(target.database, target.names),
+                stdout=None,
+                stderr=None,
+            )
+            try:
+                launched = time.monotonic()
+                cpu = Cpu(process.pid, {own_backend}, target.tag)
+                with anyio.fail_after(timeout_s):
+                    window = await watch(conn, process, cpu, plan.chunks)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await stop(process, target.settings.drain_timeout_s + 10)
+                    await process.aclose()
+            chunks = int(await conn.fetchval("SELECT count(*) FROM chunks"))
+            frames = int(await conn.fetchval("SELECT count(*) FROM frames"))
+        finally:
+            await conn.close()
+        dead = await message_count(channel, target.settings.dead_queue)
+    if chunks != plan.chunks or frames != plan.chunks * FRAMES_PER_CHUNK or dead:
+        raise RuntimeError(f"{system}: {chunks} chunks, {frames} frames, {dead} dead-lettered")
+    first, c0, last = window
+    counted = plan.chunks - c0
+    wall = last - first
+    seconds = cpu.seconds()
+    total_cpu = sum(seconds[k] for k in FAMILIES)
+    busy, available = cpu.machine_busy_s()
+    return {
+        "system": system,
+        "chunks": plan.chunks,
+        "frames": frames,
+        **published,
+        "startup_s": round(first - launched, 2),
+        "window_s": round(wall, 3),
+        "chunks_in_window": counted,
+        "chunks_per_s": round(counted / wall, 1),
+        "cpu_s": {k: round(v, 2) for k, v in seconds.items()},
+        "cpu_ms_per_chunk": {
+            **{k: round(1000 * v / counted, 3) for k, v in seconds.items()},
+            "all": round(1000 * total_cpu / counted, 3),
+        },
+        "cores_busy": round(total_cpu / wall, 2),
+        "machine_cores_busy": round(busy / wall, 2),
+        "machine_busy_share": round(busy / available, 3) if available else None,
+        "other_cpu_s": {k: round(v, 2) for k, v in cpu.other_seconds().items() if v >= 0.01},
+        "pids": {kind: sum(1 for f in cpu.family.values() if f == kind) for kind in FAMILIES},
+        "exit_status": process.returncode,
+    }
+
+
+async def watch(
+    conn: asyncpg.Connection, process: Process, cpu: Cpu, total: int
+) -> tuple[float, int, float]:
+    """(first commit seen, chunks then, every chunk committed), monotonic."""
+    first: float | None = None
+    c0 = 0
+    next_sample = 0.0
+    while True:
+        stored = int(await conn.fetchval("SELECT coalesce(sum(chunks), 0) FROM sensors"))
+        now = time.monotonic()
+        if stored and first is None:
+            cpu.sample()  # the baseline
+            first, c0, next_sample = now, stored, now + SAMPLE_S
+        if stored >= total:
+            cpu.end()
+            assert first is not None
+            return first, c0, now
+        if process.returncode is not None:
+            raise RuntimeError(f"the consumer exited with {process.returncode} before the drain")
+        if first is not None and now >= next_sample:
+            cpu.sample()
+            next_sample = now + SAMPLE_S
+        await anyio.sleep(POLL_S)
+
+
+# -- results -------------------------------------------------------------------------
+
+
+def median(runs: list[dict[str, Any]], *path: str) -> float:
+    values = []
+    for run in runs:
+        value: Any = run
+        for key in path:
+            value = value[key]
+        values.append(value)
+    return statistics.median(values)
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for system in SYSTEMS:
+        runs = [r for r in results if r["system"] == system]
+        out[system] = {
+            "runs": len(runs),
+            "chunks_per_s": median(runs, "chunks_per_s"),
+            "cpu_ms_per_chunk": {
+                k: median(runs, "cpu_ms_per_chunk", k)
+                for k in (*FAMILIES, "all", "postgres_this_db")
+            },
+            "cores_busy": median(runs, "cores_busy"),
+            "machine_cores_busy": median(runs, "machine_cores_busy"),
+        }
+    out["ratio_ours_over_naive"] = round(
+        out["ours"]["chunks_per_s"] / out["naive"]["chunks_per_s"], 2
+    )
+    return out
+
+
+def show(summary: dict[str, Any]) -> None:
+    head = ["system", "chunks/s", *FAMILIES, "all", "cores", "machine"]
+    print("\nmedians; CPU ms per chunk: main, children, postgres, rabbitmq, all;")
+    print("cores busy: the families' CPU s / wall s (machine: all of /proc/stat)")
+    print("".join(f"{h:>10}" for h in head))
+    for system in SYSTEMS:
+        s = summary[system]
+        cells = [
+            system,
+            f"{s['chunks_per_s']:.0f}",
+            *(f"{s['cpu_ms_per_chunk'][k]:.2f}" for k in (*FAMILIES, "all")),
+            f"{s['cores_busy']:.2f}",
+            f"{s['machine_cores_busy']:.2f}",
+        ]
+        print("".join(f"{c:>10}" for c in cells))
+    print(
+        "postgres ms per chunk in this database's backends: "
+        + ", ".join(
+            f"{s} {summary[s]['cpu_ms_per_chunk']['postgres_this_db']:.2f}" for s in SYSTEMS
+        )
+    )
+    print(f"ratio ours/naive of median chunks/s: {summary['ratio_ours_over_naive']:.2f}")
+
+
+def show_run(i: int, r: dict[str, Any]) -> None:
+    ms = r["cpu_ms_per_chunk"]
+    print(
+        f"run {i} {r['system']:>5}: {r['chunks_in_window']} chunks in {r['window_s']:.2f} s = "
+        f"{r['chunks_per_s']:.0f} chunks/s; CPU ms/chunk "
+        + " ".join(f"{k}={ms[k]:.2f}" for k in (*FAMILIES, "all"))
+        + f" (postgres of this db {ms['postgres_this_db']:.2f})"
+        + f"; cores busy {r['cores_busy']:.2f} (machine {r['machine_cores_busy']:.2f})",
+        flush=True,
+    )
+    others = list(r["other_cpu_s"].items())[:4]
+    if others:
+        print("        other CPU s: " + ", ".join(f"{k} {v:.2f}" for k, v in others), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sensors", type=int, default=60)
+    parser.add_argument("--seconds", type=int, default=10, help="1 s chunks per sensor")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per drain")
+    args = parser.parse_args()
+    shape = make_shape(
+        "s16le mono 16 kHz",
+        sample_rate=SAMPLE_RATE,
+        encoding="s16le",
+        channels=1,
+        body_bytes=2 * SAMPLE_RATE,
+        variants=4,
+    )
+    plan = Plan("e2e", args.sensors * args.seconds, args.sensors, (shape,))
+    results = []
+    for i in range(1, args.runs + 1):
+        for system in SYSTEMS if i % 2 else SYSTEMS[::-1]:
+            results.append(anyio.run(drain_once, system, plan, args.timeout))
+            show_run(i, results[-1])
+    summary = summarize(results)
+    show(summary)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"endtoend-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    document = {
+        "args": vars(args),
+        "cpus": os.cpu_count(),
+        "clock_ticks_per_s": TICK,
+        "backlog": plan.describe(),
+        "naive_prefetch": int(os.environ.get("NAIVE_PREFETCH", "100")),
+        "summary": summary,
+        "runs": results,
+    }
+    out.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
