@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install services
+.PHONY: demo test lint install services bench
 
 $(BIN)/soundstream: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "soundstream needs Python 3.11")'
@@ -28,3 +28,10 @@ lint: install
 
 test: lint services
 	$(BIN)/pytest
+
+# Benchmarks: each prints its figures and writes bench/results/<name>-<time>.json.
+bench: install services
+	$(BIN)/python bench/extract.py
+	$(BIN)/python bench/endtoend.py --seconds 120 --runs 3
+	$(BIN)/python bench/pipeline.py --runs 3
+	$(BIN)/python bench/memory.py
