@@ -44,6 +44,7 @@ from anyio.abc import Process
 from memory import (
     Plan,
     Target,
+    descendants,
     fresh,
     make_shape,
     message_count,
@@ -93,20 +94,6 @@ def snapshot() -> dict[int, Stat]:
     return table
 
 
-def descendants(table: dict[int, Stat], root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid, stat in table.items():
-        children.setdefault(stat.ppid, []).append(pid)
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
 def machine_ticks() -> tuple[int, int]:
     """(busy, total) jiffies of all CPUs since boot."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -133,10 +120,16 @@ class Cpu:
 
     def classify(self, table: dict[int, Stat]) -> dict[int, str]:
         found = {self.root: "main"}
-        found |= {pid: "children" for pid in descendants(table, self.root)}
+        found |= {
+            pid: "children"
+            for pid in descendants({p: st.ppid for p, st in table.items()}, [self.root])
+        }
         beams = {pid for pid, s in table.items() if s.comm == "beam.smp"}
         for beam in beams:
-            found |= {pid: "rabbitmq" for pid in descendants(table, beam) | {beam}}
+            found |= {
+                pid: "rabbitmq"
+                for pid in descendants({p: st.ppid for p, st in table.items()}, [beam]) | {beam}
+            }
         found |= {
             pid: "postgres"
             for pid, s in table.items()
@@ -257,6 +250,8 @@ async def drain_once(system: str, plan: Plan, timeout_s: float) -> dict[str, Any
     first, c0, last = window
     counted = plan.chunks - c0
     wall = last - first
+    if counted <= 0 or wall <= 0:
+        raise SystemExit(f"{system} committed the whole backlog at once: use more --seconds")
     seconds = cpu.seconds()
     total_cpu = sum(seconds[k] for k in FAMILIES)
     busy, available = cpu.machine_busy_s()

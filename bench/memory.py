@@ -41,7 +41,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,9 +320,10 @@ def processes() -> dict[int, tuple[str, int]]:
     return table
 
 
-def descendants(table: dict[int, tuple[str, int]], roots: Iterable[int]) -> set[int]:
+def descendants(parents: Mapping[int, int], roots: Iterable[int]) -> set[int]:
+    """Every process below ``roots``, from a pid -> ppid mapping."""
     children: dict[int, list[int]] = {}
-    for pid, (_, ppid) in table.items():
+    for pid, ppid in parents.items():
         children.setdefault(ppid, []).append(pid)
     found: set[int] = set()
     todo = list(roots)
@@ -332,6 +333,10 @@ def descendants(table: dict[int, tuple[str, int]], roots: Iterable[int]) -> set[
                 found.add(child)
                 todo.append(child)
     return found
+
+
+def parents_of(table: dict[int, tuple[str, int]]) -> dict[int, int]:
+    return {pid: ppid for pid, (_, ppid) in table.items()}
 
 
 @dataclass(frozen=True)
@@ -374,7 +379,7 @@ def family_kb(pids: Iterable[int]) -> int:
 
 def broker_pids(table: dict[int, tuple[str, int]]) -> set[int]:
     beams = {pid for pid, (comm, _) in table.items() if comm == "beam.smp"}
-    return beams | descendants(table, beams)
+    return beams | descendants(parents_of(table), beams)
 
 
 def postgres_pids(table: dict[int, tuple[str, int]]) -> set[int]:
@@ -434,7 +439,7 @@ class Memory:
         if main is not None:
             self.main.add(main)
         workers = 0
-        for pid in sorted(descendants(table, [root])):
+        for pid in sorted(descendants(parents_of(table), [root])):
             v = vm(pid)
             if v is None:
                 continue

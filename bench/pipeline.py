@@ -17,13 +17,13 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import aiormq
 import anyio
 import asyncpg
 import orjson
+from memory import new_target
 
 from soundstream import config
 from soundstream.consumer import declare_topology
@@ -36,14 +36,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 async def one_run(sensors: int, seconds: float) -> dict[str, float]:
-    tag = f"bench_{uuid.uuid4().hex[:8]}"
-    database = PG.rsplit("/", 1)[0] + "/" + tag
-    names = {
-        "audio_exchange": f"{tag}.audio",
-        "queue": f"{tag}.features",
-        "dead_exchange": f"{tag}.dead",
-        "dead_queue": f"{tag}.dead",
-    }
+    target = new_target()
+    tag, database, names = target.tag, target.database, target.names
     settings = config.load({}, amqp_url=AMQP, database_url=database, **names)
     await migrate(database)
     connection = await aiormq.connect(AMQP)
