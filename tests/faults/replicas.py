@@ -844,3 +844,17 @@ class Cluster:
             replica.close()
         for proxy in self.proxies:
             proxy.close()
+
+
+async def stored_exactly_once(
+    store: Store, broker: Broker, sensors: dict[str, int], *, since: float
+) -> tuple[float, QueueStats]:
+    """Wait until every chunk of ``sensors`` (sensor -> chunks 0..n-1) is stored and the
+    queue has settled (nothing ready, nothing unacked), then check each chunk is there
+    exactly once. Returns the seconds from ``since`` until all were stored, and the
+    queue's final figures."""
+    await store.wait_chunks(sum(sensors.values()), within=40)
+    took = time.monotonic() - since
+    stats = await broker.wait_settled()
+    await store.assert_exactly(sensors)
+    return took, stats

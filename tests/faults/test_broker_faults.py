@@ -26,6 +26,7 @@ from replicas import (
     Publisher,
     Store,
     rabbitmqctl,
+    stored_exactly_once,
     wait_until,
 )
 
@@ -56,10 +57,7 @@ async def test_a_cut_broker_connection_is_replaced_and_nothing_is_lost(
     # The replica reconnects through the proxy, which kept listening.
     await wait_until(lambda: proxy.accepted >= 2 * n, within=20, what="a reconnects")
     reconnected = time.monotonic() - cut
-    await store.wait_chunks(total, within=40)
-    drained = time.monotonic() - cut
-    await broker.wait_settled()
-    await store.assert_exactly(dict.fromkeys(SENSORS, 250))
+    drained, _ = await stored_exactly_once(store, broker, dict.fromkeys(SENSORS, 250), since=cut)
     await a.wait_ready(within=20)
 
     # The old connections are gone for real (not left to a heartbeat timeout): as
@@ -104,10 +102,9 @@ async def test_a_restarted_broker_is_waited_for_and_nothing_is_lost(
 
     await a.wait_ready(within=45)
     back = time.monotonic() - stopped
-    await store.wait_chunks(total, within=40)
-    drained = time.monotonic() - stopped
-    await broker.wait_settled()
-    await store.assert_exactly(dict.fromkeys(SENSORS, 250))
+    drained, _ = await stored_exactly_once(
+        store, broker, dict.fromkeys(SENSORS, 250), since=stopped
+    )
     after = await broker.footprint()
     assert after.like(start), (start, after)
     assert after.connections.isdisjoint(start.connections), (start, after)

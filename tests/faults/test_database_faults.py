@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from replicas import PG_PORT, Broker, Cluster, Publisher, Store, wait_until
+from replicas import PG_PORT, Broker, Cluster, Publisher, Store, stored_exactly_once, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -52,10 +52,9 @@ async def test_a_database_cut_pauses_acking_and_resumes_by_itself(
 
     proxy.listen()
     restored = time.monotonic()
-    await store.wait_chunks(total, within=40)
-    recovered = time.monotonic() - restored
-    await broker.wait_settled()
-    await store.assert_exactly(dict.fromkeys(SENSORS, 250))
+    recovered, _ = await stored_exactly_once(
+        store, broker, dict.fromkeys(SENSORS, 250), since=restored
+    )
     await a.wait_ready(within=20)
     print(
         f"\n[faults] database cut: {frozen}/{total} stored at the cut; down {OUTAGE_S} s with"
@@ -88,10 +87,9 @@ async def test_terminated_database_backends_lose_and_double_nothing(
         assert at < total
         terminated.append((at, killed))
     started = time.monotonic()
-    await store.wait_chunks(total, within=40)
-    recovered = time.monotonic() - started
-    await broker.wait_settled()
-    await store.assert_exactly(dict.fromkeys(SENSORS, 250))
+    recovered, _ = await stored_exactly_once(
+        store, broker, dict.fromkeys(SENSORS, 250), since=started
+    )
     await a.wait_ready(within=20)
     print(
         f"\n[faults] pg_terminate_backend: (stored, backends terminated) {terminated};"

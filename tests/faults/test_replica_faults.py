@@ -9,7 +9,7 @@ import signal
 import time
 
 import pytest
-from replicas import Broker, Cluster, Publisher, Store, TableLock, wait_until
+from replicas import Broker, Cluster, Publisher, Store, TableLock, stored_exactly_once, wait_until
 from testenv import PG_ADMIN_URL
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -66,10 +66,7 @@ async def test_sigkill_of_a_replica_mid_batch_loses_and_doubles_nothing(
         )
     finally:
         await lock.release()
-    await store.wait_chunks(total, within=40)
-    recovered = time.monotonic() - killed
-    stats = await broker.wait_settled()
-    await store.assert_exactly(every(150))
+    recovered, stats = await stored_exactly_once(store, broker, every(150), since=killed)
     assert b.running() and await b.readyz() == 200
     assert "Traceback" not in b.output()
     print(
@@ -157,9 +154,7 @@ async def test_sigterm_past_the_drain_deadline_exits_0_and_leaves_the_rest_to_re
 
     b = cluster.start("b")
     await b.wait_ready()
-    await store.wait_chunks(total, within=40)
-    await broker.wait_settled()
-    await store.assert_exactly(every(100))
+    await stored_exactly_once(store, broker, every(100), since=time.monotonic())
     print(
         f"\n[faults] sigterm: a held {held} unacked, {stored}/{total} stored; exited {code}"
         f" {took:.1f} s after SIGTERM (drain limit {drain_s} s); b stored the rest"
@@ -237,10 +232,7 @@ async def test_a_pipeline_restart_closes_its_old_connections_and_redelivers_what
         )
     finally:
         await lock.release()
-    await store.wait_chunks(total, within=40)
-    drained = time.monotonic() - crashed
-    await broker.wait_settled()
-    await store.assert_exactly(every(150))
+    drained, _ = await stored_exactly_once(store, broker, every(150), since=crashed)
     after = await broker.footprint()
     assert after.like(start), (start, after)
     await a.wait_ready(within=20)
