@@ -4,8 +4,8 @@ The supervisor makes one ``Flow`` per pipeline run. The consumer counts what it
 received and has not settled yet; it and the extractor and writer count what is
 handed on for extraction and not committed yet. The writer commits as soon as its
 batch holds everything handed on (nothing more can arrive, so waiting would only
-add latency), and the supervisor reads ``held`` after a crash to tell whether one
-message can be blamed for it.
+add latency), and the supervisor reads ``held`` and ``committed`` after a crash to
+tell whether one message can be blamed for it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,12 @@ class Flow:
         self.window = 0  # the prefetch consuming with: 0 before it starts, 1 while cautious
         self.held = 0  # received and not yet acked, returned or dead-lettered
         self.handed = 0  # handed to extraction and not yet committed or returned
+        self.committed = 0  # chunks this run committed
 
     def statistics(self) -> dict[str, int]:
-        return {"window": self.window, "held": self.held, "handed": self.handed}
+        return {
+            "window": self.window,
+            "held": self.held,
+            "handed": self.handed,
+            "committed": self.committed,
+        }

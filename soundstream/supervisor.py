@@ -148,6 +148,12 @@ async def _restart_loop(
 ) -> None:
     crashes: deque[float] = deque()
     backoff = MIN_BACKOFF_S
+    # Crashes blamed on single messages since the last commit. One message can cause
+    # at most delivery_limit + 1 in a row before the broker dead-letters it; more
+    # than that means every message fails (a schema or a bug, not the messages), and
+    # those crashes spend the budget, so the process exits instead of dead-lettering
+    # the queue one message at a time.
+    blamed_in_a_row = 0
     while True:
         flow = Flow()
         try:
@@ -164,11 +170,16 @@ async def _restart_loop(
                 raise fatal from None
             if flow.window:
                 backoff = MIN_BACKOFF_S  # it had recovered: a new failure starts over
+            if flow.committed:
+                blamed_in_a_row = 0
+            blamed = _blamed_on_a_message(exc, flow)
+            if blamed:
+                blamed_in_a_row += 1
             if unavailable(exc):
                 # Waiting for a dependency is not a crash: no budget is spent.
                 log.warning("dependency_unavailable", error=describe(exc), retry_in_s=backoff)
                 backoff = await _pause(backoff, stop)
-            elif _blamed_on_a_message(exc, flow):
+            elif blamed and blamed_in_a_row <= settings.delivery_limit + 1:
                 # The broker counts this delivery and dead-letters the message at the
                 # delivery limit, which bounds the loop: no budget is spent.
                 log.error(

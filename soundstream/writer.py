@@ -49,6 +49,7 @@ async def run(
         while batch := await _collect(inbox, settings, flow):
             await _commit(pool, batch, settings, status)
             flow.handed -= len(batch)
+            flow.committed += len(batch)
             for item in batch:
                 await acks.send(Settle(item.tag))
 

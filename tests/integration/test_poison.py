@@ -1,4 +1,5 @@
-"""Messages no replica can get past end in the dead queue; nothing else is lost.
+"""Messages no replica can get past end in the dead queue; nothing else is lost; and a
+failure that hits every message ends the process instead of emptying the queue.
 
 A message whose properties the AMQP client cannot decode breaks the connection it
 arrives on, and a chunk too large for the worker's memory limit fails wherever it
@@ -12,7 +13,10 @@ from __future__ import annotations
 import datetime
 import time
 
+import anyio
+import asyncpg
 import numpy as np
+import pytest
 from pamqp.commands import Basic
 from support import (
     channel,
@@ -26,6 +30,9 @@ from support import (
 )
 
 from soundstream import config
+from soundstream.consumer import declare_topology
+from soundstream.errors import RestartBudgetExhausted
+from soundstream.supervisor import serve
 
 
 class NanosecondTimestamp(datetime.datetime):
@@ -75,3 +82,31 @@ async def test_poison_messages_end_in_the_dead_queue_with_x_death(
         assert await queue_depth(ch, s.queue) == 0
         assert (await service.get("/readyz")).status_code == 200
     assert await stored_chunks(s.database_url) == 9
+
+
+async def test_a_write_that_fails_for_every_message_ends_the_process_not_the_queue(
+    topology: config.Settings,
+) -> None:
+    # Every insert into chunks fails, whatever the message: no message is to blame.
+    conn = await asyncpg.connect(topology.database_url)
+    try:
+        await conn.execute(
+            """
+            CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'every write refused by the test'; END $$;
+            CREATE TRIGGER refuse BEFORE INSERT ON chunks
+                FOR EACH STATEMENT EXECUTE FUNCTION refuse();
+            """
+        )
+    finally:
+        await conn.close()
+    s = config.replace(topology, delivery_limit=2, max_restarts=1, roles=frozenset({"ingest"}))
+    async with channel(s.amqp_url) as ch:
+        await declare_topology(ch, s)
+        await publish_series(ch, s.audio_exchange, "fine", range(10))
+        with pytest.raises(RestartBudgetExhausted, match="every write refused"):
+            with anyio.fail_after(60):
+                await serve(s)
+        # One message may be dead-lettered before the pattern shows; the rest wait.
+        assert await queue_depth(ch, s.dead_queue) <= 1
+    assert await stored_chunks(s.database_url) == 0
