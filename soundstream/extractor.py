@@ -7,8 +7,8 @@ each chunk at once. At most two tasks per worker are in flight, which keeps ever
 worker fed and memory bounded.
 
 No chunk can stop the pipeline from here. If a task fails (the worker raised, ran
-out of memory, or died), each of its chunks is tried again alone; a chunk that
-fails alone is returned to the queue, where the broker counts the delivery and,
+out of memory, or died), each of its chunks is tried again with the pool to itself;
+a chunk that fails so is returned to the queue, where the broker counts the delivery and,
 at the queue's delivery limit, dead-letters it with ``x-death``.
 """
 
@@ -84,20 +84,20 @@ async def run(
 
 
 async def _extract(pool: ExtractionPool, batch: list[Delivery]) -> list[Features | None]:
-    """Each delivery's features, or None for one that fails even on its own."""
+    """Each delivery's features, or None for one that fails even alone in the pool.
+
+    A failed task says nothing about which chunk failed, nor does a worker that died
+    while other tasks ran beside it: each chunk is tried again with the pool to
+    itself, and only a chunk that fails so is blamed.
+    """
     try:
         return list(await pool.extract([_job(d) for d in batch]))
     except Exception as exc:
-        if len(batch) > 1:
-            log.warning("extraction_failed", chunks=len(batch), error=describe(exc))
-        else:
-            await _check_pool(pool)
-            _log_failed(batch[0], exc)
-            return [None]
+        log.warning("extraction_failed", chunks=len(batch), error=describe(exc))
     results: list[Features | None] = []
     for delivery in batch:
         try:
-            results.extend(await pool.extract([_job(delivery)]))
+            results.extend(await pool.extract([_job(delivery)], alone=True))
         except Exception as exc:
             await _check_pool(pool)
             _log_failed(delivery, exc)
@@ -110,7 +110,7 @@ async def _check_pool(pool: ExtractionPool) -> None:
     that cannot start (a memory limit below what they need) fail every task, and
     that is a crash of this process, not a fault of each chunk."""
     try:
-        await pool.extract([])
+        await pool.extract([], alone=True)
     except Exception as exc:
         raise RuntimeError(f"the extraction pool cannot run a task: {describe(exc)}") from exc
 

@@ -36,6 +36,12 @@ class ExtractionPool:
         self._memory_mb = memory_mb
         self._replaced = 0
         self._executor = self._start()
+        # Tasks in flight, and whether one has the pool to itself: a worker that
+        # dies takes every task in flight with it, so only a task that ran alone
+        # can tell which chunk killed it.
+        self._running = 0
+        self._alone = False
+        self._changed = anyio.Condition()
 
     def _start(self) -> ProcessPoolExecutor:
         # Workers are the parallelism; BLAS threads inside them would only fight over
@@ -50,16 +56,31 @@ class ExtractionPool:
             initargs=(self._params, self._memory_mb),
         )
 
-    async def extract(self, jobs: list[Job]) -> list[Features]:
+    async def extract(self, jobs: list[Job], *, alone: bool = False) -> list[Features]:
         """Features of ``jobs`` in one task. Raises whatever the worker raised, or
-        ``BrokenProcessPool`` if a worker died (the pool is replaced by then)."""
-        executor = self._executor
+        ``BrokenProcessPool`` if a worker died (the pool is replaced by then).
+        ``alone``: wait until no other task is in flight, and let none start meanwhile.
+        """
+        async with self._changed:
+            while self._alone or (alone and self._running):
+                await self._changed.wait()
+            self._alone = alone
+            self._running += 1
         try:
-            future = executor.submit(extract_many, self._params, jobs)
-            return await asyncio.wrap_future(future)
-        except BrokenProcessPool:
-            self._replace(executor)
-            raise
+            executor = self._executor
+            try:
+                future = executor.submit(extract_many, self._params, jobs)
+                return await asyncio.wrap_future(future)
+            except BrokenProcessPool:
+                self._replace(executor)
+                raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self._changed:
+                    self._running -= 1
+                    if alone:
+                        self._alone = False
+                    self._changed.notify_all()
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         if self._executor is not broken:
