@@ -4,7 +4,7 @@
 
 One asyncio process, one AMQP channel (prefetch ``NAIVE_PREFETCH``, default 100) and one
 PostgreSQL connection. Messages are handled one at a time, in delivery order: decode
-with ``soundstream.wire.decode`` (the service's validation), compute the same features
+with ``soundstream.consumer.decode`` (the service's validation), compute the same features
 in this process with ``soundstream.features.Extractor`` (no pool), then in one
 transaction insert the chunk (``ON CONFLICT DO NOTHING``), and only if it was new its
 frames (one ``executemany`` INSERT, ``ON CONFLICT DO NOTHING``) and the per-sensor
@@ -27,7 +27,7 @@ import aiormq
 import asyncpg
 from aiormq.abc import DeliveredMessage
 
-from soundstream import config, wire
+from soundstream import config, consumer
 from soundstream.config import Settings
 from soundstream.errors import Malformed
 from soundstream.features import Extractor
@@ -74,16 +74,8 @@ async def handle(
     settings: Settings,
 ) -> bool:
     """Store one message; False if it is malformed (nothing written)."""
-    props = message.header.properties
     try:
-        chunk = wire.decode(
-            props.content_type,
-            props.headers,
-            message.body,
-            props.message_id,
-            routing_key=message.routing_key or "",
-            max_body=settings.max_body_bytes,
-        )
+        chunk = consumer.decode(message, settings)
     except Malformed:
         return False
     received = datetime.now(UTC)

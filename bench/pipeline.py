@@ -23,7 +23,7 @@ import aiormq
 import anyio
 import asyncpg
 import orjson
-from memory import new_target
+from memory import new_target, serve_env
 
 from soundstream import config
 from soundstream.consumer import declare_topology
@@ -46,16 +46,7 @@ async def one_run(sensors: int, seconds: float) -> dict[str, float]:
         summary = await simulate(
             settings, SimulateOptions(sensors=sensors, seconds=seconds, progress=False)
         )
-        env = {
-            **os.environ,
-            "SOUNDSTREAM_DATABASE_URL": database,
-            "SOUNDSTREAM_AMQP_URL": AMQP,
-            "SOUNDSTREAM_HTTP_HOST": "127.0.0.1",
-            "SOUNDSTREAM_HTTP_PORT": "0",
-            "SOUNDSTREAM_ROLES": "ingest",
-            "SOUNDSTREAM_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning"),
-            **{f"SOUNDSTREAM_{k.upper()}": v for k, v in names.items()},
-        }
+        env = serve_env(database, names)
         process = await anyio.open_process(
             [sys.executable, "-m", "soundstream", "serve"], env=env, stdout=None, stderr=None
         )

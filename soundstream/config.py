@@ -18,7 +18,8 @@ from typing import Any
 from soundstream.errors import SettingsError
 
 PREFIX = "SOUNDSTREAM_"
-# The wire format's largest body (DESIGN.md section 2); a deployment may lower it.
+# The wire format's largest body (DESIGN.md section 2; ``wire`` checks it); a
+# deployment may lower it.
 MAX_BODY_KB = 8 * 1024
 # A spawned, warmed-up worker maps about 215 MB before it extracts anything.
 MIN_WORKER_MEMORY_MB = 256

@@ -218,18 +218,10 @@ class _Subscription:
     async def handle(
         self, message: DeliveredMessage, outbox: MemoryObjectSendStream[Delivery]
     ) -> None:
-        props = message.header.properties
         tag = message.delivery_tag
         assert tag is not None
         try:
-            chunk = wire.decode(
-                props.content_type,
-                props.headers,
-                message.body,
-                props.message_id,
-                routing_key=message.routing_key or "",
-                max_body=self.settings.max_body_bytes,
-            )
+            chunk = decode(message, self.settings)
         except Malformed as exc:
             if await _dead_letter(self.dead_channel, message, exc.reason, self.settings):
                 await self.channel.basic_ack(tag)
@@ -249,6 +241,21 @@ class _Subscription:
                     await self.channel.basic_ack(settle.tag)
                 self.flow.held -= 1
         done.set()
+
+
+def decode(message: DeliveredMessage, settings: Settings) -> wire.Chunk:
+    """The chunk a delivered message carries, or ``Malformed``: the properties as the
+    client decoded them, the routing key (a delivery without one fails the rule) and
+    the deployment's body limit."""
+    props = message.header.properties
+    return wire.decode(
+        props.content_type,
+        props.headers,
+        message.body,
+        props.message_id,
+        routing_key=message.routing_key or "",
+        max_body=settings.max_body_bytes,
+    )
 
 
 async def _dead_letter(

@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from soundstream import wav
+from soundstream.config import MAX_BODY_KB
 from soundstream.errors import Malformed
 
-MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_BODY_BYTES = MAX_BODY_KB * 1024
 PCM = "audio/pcm"
 WAV = "audio/wav"
 SENSOR_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")

@@ -858,3 +858,32 @@ async def stored_exactly_once(
     stats = await broker.wait_settled()
     await store.assert_exactly(sensors)
     return took, stats
+
+
+@dataclass(frozen=True)
+class MidStream:
+    """A replica busy with a backlog: the replica, the broker's footprint once it was
+    ready, and how many chunks were published."""
+
+    replica: Replica
+    start: Footprint
+    total: int
+
+
+async def mid_stream(
+    cluster: Cluster,
+    store: Store,
+    sensors: Iterable[str],
+    per_sensor: int,
+    *,
+    stored_first: int,
+) -> MidStream:
+    """Replica ``a`` (batches of 4 chunks) ready; ``per_sensor`` chunks of each sensor
+    published; ``stored_first`` of them committed: the moment to inject a fault."""
+    a = cluster.start("a", SOUNDSTREAM_BATCH_MAX_CHUNKS="4")
+    await a.wait_ready()
+    start = await cluster.broker.footprint()
+    async with Publisher(cluster.broker) as publisher:
+        total = await publisher.chunks(tuple(sensors), range(per_sensor))
+    await store.wait_chunks(stored_first, within=30)
+    return MidStream(a, start, total)

@@ -25,6 +25,7 @@ from replicas import (
     NanosecondTimestamp,
     Publisher,
     Store,
+    mid_stream,
     rabbitmqctl,
     stored_exactly_once,
     wait_until,
@@ -77,12 +78,8 @@ async def test_a_cut_broker_connection_is_replaced_and_nothing_is_lost(
 async def test_a_restarted_broker_is_waited_for_and_nothing_is_lost(
     cluster: Cluster, broker: Broker, store: Store
 ) -> None:
-    a = cluster.start("a", SOUNDSTREAM_BATCH_MAX_CHUNKS="4")
-    await a.wait_ready()
-    start = await broker.footprint()
-    async with Publisher(broker) as publisher:
-        total = await publisher.chunks(SENSORS, range(250))
-    await store.wait_chunks(100, within=30)
+    busy = await mid_stream(cluster, store, SENSORS, 250, stored_first=100)
+    a, start, total = busy.replica, busy.start, busy.total
 
     stopped = time.monotonic()
     try:

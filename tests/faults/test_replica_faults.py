@@ -9,7 +9,16 @@ import signal
 import time
 
 import pytest
-from replicas import Broker, Cluster, Publisher, Store, TableLock, stored_exactly_once, wait_until
+from replicas import (
+    Broker,
+    Cluster,
+    Publisher,
+    Store,
+    TableLock,
+    mid_stream,
+    stored_exactly_once,
+    wait_until,
+)
 from testenv import PG_ADMIN_URL
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -78,12 +87,8 @@ async def test_sigkill_of_a_replica_mid_batch_loses_and_doubles_nothing(
 async def test_a_killed_pool_worker_loses_nothing_and_the_replica_recovers(
     cluster: Cluster, broker: Broker, store: Store
 ) -> None:
-    a = cluster.start("a", SOUNDSTREAM_BATCH_MAX_CHUNKS="4")
-    await a.wait_ready()
-    start = await broker.footprint()
-    async with Publisher(broker) as publisher:
-        total = await publisher.chunks(SENSORS, range(250))
-    await store.wait_chunks(100, within=30)
+    busy = await mid_stream(cluster, store, SENSORS, 250, stored_first=100)
+    a, start, total = busy.replica, busy.start, busy.total
     [worker] = a.pool_workers()
     os.kill(worker, signal.SIGKILL)
     killed = time.monotonic()
@@ -185,12 +190,8 @@ async def test_a_crash_loop_exits_1_with_one_line_naming_the_fix(cluster: Cluste
 async def test_a_pipeline_restart_closes_its_old_connections_and_redelivers_what_they_held(
     cluster: Cluster, broker: Broker, store: Store
 ) -> None:
-    a = cluster.start("a", SOUNDSTREAM_BATCH_MAX_CHUNKS="4")
-    await a.wait_ready()
-    start = await broker.footprint()
-    async with Publisher(broker) as publisher:
-        total = await publisher.chunks(SENSORS, range(150))
-    await store.wait_chunks(60, within=30)
+    busy = await mid_stream(cluster, store, SENSORS, 150, stored_first=60)
+    a, start, total = busy.replica, busy.start, busy.total
 
     # The next batch's INSERT fails inside PostgreSQL: not a lost connection, so the
     # writer does not retry it; the pipeline crashes while its consumer holds a
