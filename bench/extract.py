@@ -72,9 +72,13 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 
-from soundstream import features  # noqa: E402
-from soundstream.config import FeatureParams  # noqa: E402
-from soundstream.features import SCALARS, Features, extract_many, warm_up  # noqa: E402
+from soundstream.core import features  # noqa: E402
+from soundstream.core.features import extract_many, warm_up  # noqa: E402
+from soundstream.core.fields import (  # noqa: E402
+    SCALARS,
+    FeatureParams,
+    Features,
+)
 
 RESULTS = Path(__file__).parent / "results"
 Samples = npt.NDArray[np.float32]

@@ -55,10 +55,11 @@ from aiormq.abc import AbstractChannel
 from anyio.abc import Process
 from pamqp.commands import Basic
 
-from soundstream import config, wire
+from soundstream import config
 from soundstream.config import Settings
-from soundstream.consumer import declare_topology
-from soundstream.migrate import migrate
+from soundstream.core import wire
+from soundstream.ingest.consumer import declare_topology
+from soundstream.store.migrate import migrate
 
 PG = os.environ.get("SOUNDSTREAM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP = os.environ.get("SOUNDSTREAM_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")

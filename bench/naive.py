@@ -4,13 +4,13 @@
 
 One asyncio process, one AMQP channel (prefetch ``NAIVE_PREFETCH``, default 100) and one
 PostgreSQL connection. Messages are handled one at a time, in delivery order: decode
-with ``soundstream.consumer.decode`` (the service's validation), compute the same features
+with ``soundstream.ingest.consumer.decode`` (the service's validation), compute the same features
 in this process with ``soundstream.features.Extractor`` (no pool), then in one
 transaction insert the chunk (``ON CONFLICT DO NOTHING``), and only if it was new its
 frames (one ``executemany`` INSERT, ``ON CONFLICT DO NOTHING``) and the per-sensor
 summary (an upsert), commit, and ack that one message. A malformed message is rejected
 without requeue, so the queue's dead-lettering takes it. It declares nothing: it
-consumes the queue ``soundstream.consumer.declare_topology`` declared. SIGTERM or
+consumes the queue ``soundstream.ingest.consumer.declare_topology`` declared. SIGTERM or
 SIGINT stops consuming; the message in hand is finished and acked, the rest are
 left unacked for the broker to redeliver.
 """
@@ -27,11 +27,12 @@ import aiormq
 import asyncpg
 from aiormq.abc import DeliveredMessage
 
-from soundstream import config, consumer
+from soundstream import config
 from soundstream.config import Settings
+from soundstream.core.features import Extractor
+from soundstream.core.records import frame_times_us, ns_to_us
 from soundstream.errors import Malformed
-from soundstream.features import Extractor
-from soundstream.records import frame_times_us, ns_to_us
+from soundstream.ingest import consumer
 
 PREFETCH = int(os.environ.get("NAIVE_PREFETCH", "100"))
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

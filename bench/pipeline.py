@@ -26,9 +26,9 @@ import orjson
 from memory import new_target, serve_env
 
 from soundstream import config
-from soundstream.consumer import declare_topology
-from soundstream.migrate import migrate
-from soundstream.simulate import SimulateOptions, simulate
+from soundstream.ingest.consumer import declare_topology
+from soundstream.sim.simulate import SimulateOptions, simulate
+from soundstream.store.migrate import migrate
 
 PG = os.environ.get("SOUNDSTREAM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP = os.environ.get("SOUNDSTREAM_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")

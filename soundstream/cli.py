@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _migrate(settings: config.Settings) -> int:
-    from soundstream.migrate import migrate
+    from soundstream.store.migrate import migrate
 
     applied = anyio.run(migrate, settings.database_url)
     print(f"schema up to date ({len(applied)} migration(s) applied)")
@@ -96,7 +96,7 @@ def _serve(settings: config.Settings) -> int:
 
 
 def _simulate(settings: config.Settings, args: argparse.Namespace) -> int:
-    from soundstream.simulate import SimulateOptions, simulate
+    from soundstream.sim.simulate import SimulateOptions, simulate
 
     options = SimulateOptions(
         sensors=args.sensors,

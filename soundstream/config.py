@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from soundstream.core.fields import FeatureParams
 from soundstream.errors import SettingsError
 
 PREFIX = "SOUNDSTREAM_"
@@ -57,17 +58,6 @@ def _cgroup_cpu_quota(root: Path) -> float | None:
         return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
     except (OSError, ValueError):
         return None
-
-
-@dataclass(frozen=True)
-class FeatureParams:
-    """What the extractor needs: the four frame/feature sizes and the rolloff share."""
-
-    n_fft: int = 1024
-    hop: int = 512
-    n_mels: int = 32
-    n_mfcc: int = 13
-    rolloff: float = 0.85
 
 
 @dataclass(frozen=True)

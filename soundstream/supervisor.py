@@ -24,14 +24,17 @@ import asyncpg
 import structlog
 from anyio.abc import TaskStatus
 
-from soundstream import api, consumer, extractor, server, store, writer
 from soundstream.config import Settings
+from soundstream.core.records import Delivery, Extracted, Settle
 from soundstream.errors import RestartBudgetExhausted, TopologyMismatch
 from soundstream.failures import describe, leaves, unavailable, undecodable
-from soundstream.flow import Flow
-from soundstream.pool import ExtractionPool
-from soundstream.records import Delivery, Extracted, Settle
+from soundstream.http import server
+from soundstream.http.app import create_app
+from soundstream.ingest import consumer, extractor, writer
+from soundstream.ingest.flow import Flow
+from soundstream.ingest.pool import ExtractionPool
 from soundstream.status import Status
+from soundstream.store.write import init_connection
 
 log = structlog.get_logger(__name__)
 
@@ -73,7 +76,7 @@ async def serve(
                 problems.extend(await _ping(pool))
             return problems
 
-        app = api.create_app(settings, pool=pool if settings.api else None, ready=ready)
+        app = create_app(settings, pool=pool if settings.api else None, ready=ready)
         http_stop = anyio.Event()
         with _one_error():
             async with anyio.create_task_group() as tg:
@@ -248,7 +251,7 @@ async def _run_pipeline(
         # min_size=0: the writer opens the first connection itself, waiting out a
         # database that is not up yet instead of failing the pipeline.
         db = await asyncpg.create_pool(
-            settings.database_url, min_size=0, max_size=1, init=store.init_connection
+            settings.database_url, min_size=0, max_size=1, init=init_connection
         )
         stack.push_async_callback(db.close)
         async with anyio.create_task_group() as tg:

@@ -12,7 +12,7 @@ from hypothesis import settings as hypothesis_settings
 from testenv import AMQP_URL, PG_ADMIN_URL, database_url, unique
 
 from soundstream import config
-from soundstream.migrate import migrate
+from soundstream.store.migrate import migrate
 
 # Shared, noisy machines: judge properties, not how fast examples are drawn.
 hypothesis_settings.register_profile(

@@ -33,8 +33,8 @@ import numpy as np
 from pamqp.commands import Basic
 from testenv import AMQP_URL, PG_ADMIN_URL
 
-from soundstream import wire
-from soundstream.features import frame_count
+from soundstream.core import wire
+from soundstream.core.features import frame_count
 
 T = TypeVar("T")
 

@@ -31,7 +31,7 @@ from replicas import (
     wait_until,
 )
 
-from soundstream import wire
+from soundstream.core import wire
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -15,8 +15,9 @@ import httpx
 import numpy as np
 from pamqp.commands import Basic
 
-from soundstream import supervisor, wire
+from soundstream import supervisor
 from soundstream.config import Settings
+from soundstream.core import wire
 
 START_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
 

@@ -18,14 +18,17 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
-from soundstream import api, config, cursor, openapi, queries
+from soundstream import config
+from soundstream.http import app as api
+from soundstream.http import cursor, openapi
+from soundstream.store import read
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HOP = timedelta(microseconds=32_000)
 KEY = "k" * 20
 OTHER_KEY = "another-key-0123456789"
 API = config.load({}, roles=frozenset({"api"}))
-SCALARS = list(queries.SCALAR_FIELDS)
+SCALARS = list(read.SCALAR_FIELDS)
 OFFLINE = "postgresql://postgres@127.0.0.1:1/none"
 
 
@@ -198,7 +201,7 @@ async def test_status_reports_missing_seq_ranges(
 
 
 async def test_missing_seq_ranges_are_capped(pool: asyncpg.Pool, client: httpx.AsyncClient) -> None:
-    cap = queries.MAX_MISSING_RANGES
+    cap = read.MAX_MISSING_RANGES
     await add_sensor(pool, "lossy", list(range(0, 2 * cap + 10, 2)))  # every odd seq lost
     missing = (await client.get("/v1/sensors/lossy")).json()["missing_seq"]
     assert len(missing) == cap
@@ -760,10 +763,10 @@ async def test_openapi_describes_every_route(pool: asyncpg.Pool) -> None:
     assert set(params) == {"sensor_id", "start", "end", "fields", "limit", "cursor", "format"}
     assert params["start"]["required"] and params["end"]["required"]
     assert params["limit"]["schema"]["minimum"] == 1
-    assert params["limit"]["schema"]["maximum"] == queries.MAX_LIMIT
-    assert params["limit"]["schema"]["default"] == queries.DEFAULT_LIMIT
+    assert params["limit"]["schema"]["maximum"] == read.MAX_LIMIT
+    assert params["limit"]["schema"]["default"] == read.DEFAULT_LIMIT
     assert params["format"]["schema"]["enum"] == list(api.FORMATS)
-    assert params["fields"]["schema"]["items"]["enum"] == ["ts", *queries.FEATURE_FIELDS]
+    assert params["fields"]["schema"]["items"]["enum"] == ["ts", *read.FEATURE_FIELDS]
     assert set(features["responses"]["200"]["content"]) == {
         "application/json",
         "application/x-ndjson",

@@ -25,7 +25,7 @@ from support import (
 )
 
 from soundstream import config
-from soundstream.consumer import declare_topology
+from soundstream.ingest.consumer import declare_topology
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from pamqp.commands import Basic
 from support import START_NS, channel, queue_depth, running, stored_chunks, wait_for
 
-from soundstream import config, wire
+from soundstream import config
+from soundstream.core import wire
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 from testenv import PG_ADMIN_URL, database_url, unique
 
-from soundstream.migrate import available, migrate, pending
+from soundstream.store.migrate import available, migrate, pending
 
 
 async def test_concurrent_runs_apply_each_migration_once() -> None:

@@ -19,10 +19,11 @@ from support import (
     wait_for,
 )
 
-from soundstream import config, wav, wire
-from soundstream.features import Extractor, frame_count
-from soundstream.queries import FEATURE_FIELDS
-from soundstream.records import frame_times_us
+from soundstream import config
+from soundstream.core import wav, wire
+from soundstream.core.features import Extractor, frame_count
+from soundstream.core.records import frame_times_us
+from soundstream.store.read import FEATURE_FIELDS
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CHUNK_S = 0.5

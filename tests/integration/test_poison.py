@@ -30,8 +30,8 @@ from support import (
 )
 
 from soundstream import config
-from soundstream.consumer import declare_topology
 from soundstream.errors import RestartBudgetExhausted
+from soundstream.ingest.consumer import declare_topology
 from soundstream.supervisor import serve
 
 

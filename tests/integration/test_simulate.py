@@ -19,10 +19,11 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 from testenv import AMQP_URL
 
-from soundstream import config, wav, wire
+from soundstream import config
 from soundstream.config import Settings
-from soundstream.signals import SensorSignal
-from soundstream.simulate import SimulateOptions, Summary, simulate
+from soundstream.core import wav, wire
+from soundstream.sim.signals import SensorSignal
+from soundstream.sim.simulate import SimulateOptions, Summary, simulate
 
 
 @dataclass

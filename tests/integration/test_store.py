@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from support import START_NS, tone
 
-from soundstream import store
-from soundstream.config import FeatureParams
+from soundstream.core.features import Extractor
+from soundstream.core.fields import FeatureParams
+from soundstream.core.records import Delivery, Extracted, frame_times_us
+from soundstream.core.wire import Chunk
 from soundstream.errors import SchemaMissing
-from soundstream.features import Extractor
-from soundstream.records import Delivery, Extracted, frame_times_us
-from soundstream.wire import Chunk
+from soundstream.store import write as store
 
 PARAMS = FeatureParams()
 EXTRACT = Extractor(PARAMS)

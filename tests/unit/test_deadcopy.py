@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from soundstream import deadcopy, wire
+from soundstream.core import wire
+from soundstream.ingest import deadcopy
 
 
 def pcm_headers(**extra: object) -> dict[str, object]:

@@ -17,8 +17,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from soundstream.config import FeatureParams
-from soundstream.features import Features, extractor_for
+from soundstream.core.features import extractor_for
+from soundstream.core.fields import FeatureParams, Features
 
 Samples = npt.NDArray[np.float32]
 Floats = npt.NDArray[np.floating]

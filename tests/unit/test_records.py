@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from soundstream.records import frame_times_ns, frame_times_us, ns_to_us
+from soundstream.core.records import frame_times_ns, frame_times_us, ns_to_us
 
 
 def test_design_example() -> None:

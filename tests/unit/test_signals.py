@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from soundstream.signals import RATES, STEREO_EVERY, SensorSignal
+from soundstream.sim.signals import RATES, STEREO_EVERY, SensorSignal
 
 
 def test_same_index_same_signal() -> None:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from soundstream.timefmt import format_timestamp, from_micros, parse_timestamp, to_micros
+from soundstream.core.timefmt import format_timestamp, from_micros, parse_timestamp, to_micros
 
 JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from soundstream import wav, wire
+from soundstream.core import wav, wire
 from soundstream.errors import Malformed
 
 RATE = 16000

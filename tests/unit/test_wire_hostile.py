@@ -23,8 +23,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from soundstream import deadcopy, wav, wire
+from soundstream.core import wav, wire
 from soundstream.errors import Malformed
+from soundstream.ingest import deadcopy
 
 GOOD = np.zeros(8, dtype="<i2").tobytes()
 WAV_BODY = wav.build(np.zeros(8), 8000)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import anyio
 import numpy as np
 
-from soundstream import config, writer
-from soundstream.features import Features
-from soundstream.flow import Flow
-from soundstream.records import Extracted
+from soundstream import config
+from soundstream.core.fields import Features
+from soundstream.core.records import Extracted
+from soundstream.ingest import writer
+from soundstream.ingest.flow import Flow
 
 
 def item(tag: int, frames: int) -> Extracted:

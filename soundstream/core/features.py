@@ -23,20 +23,10 @@ import numpy.typing as npt
 import pyfftw
 from numpy.lib.stride_tricks import sliding_window_view
 
-from soundstream.config import FeatureParams
+from soundstream.core.fields import SCALARS, FeatureParams, Features
 
 Array = npt.NDArray[np.float32]
 Float64 = npt.NDArray[np.float64]
-
-SCALARS: tuple[str, ...] = (
-    "rms",
-    "zcr",
-    "centroid",
-    "bandwidth",
-    "rolloff",
-    "flatness",
-    "dominant_hz",
-)
 
 ZCR_THRESHOLD = 1e-10  # librosa.zero_crossings: smaller magnitudes count as +0
 AMIN = 1e-10  # power floor of spectral_flatness and power_to_db
@@ -50,24 +40,6 @@ MAX_PLANNED_SAMPLES = 1 << 21
 MAX_BATCH_FRAMES = 256
 # Frame count that ``warm_up`` plans for: one second at 16 kHz with the defaults.
 TYPICAL_SAMPLES = 16_000
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Features:
-    """One row per frame; ``mel`` and ``mfcc`` are (frames, n_mels / n_mfcc)."""
-
-    rms: Array
-    zcr: Array
-    centroid: Array
-    bandwidth: Array
-    rolloff: Array
-    flatness: Array
-    dominant_hz: Array
-    mel: Array
-    mfcc: Array
-
-    def __len__(self) -> int:
-        return len(self.rms)
 
 
 def frame_count(n_samples: int, n_fft: int, hop: int) -> int:

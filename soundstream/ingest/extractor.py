@@ -20,11 +20,11 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from soundstream.config import Settings
+from soundstream.core.fields import Features
+from soundstream.core.records import Delivery, Extracted, Settle
 from soundstream.failures import describe
-from soundstream.features import Features
-from soundstream.flow import Flow
-from soundstream.pool import ExtractionPool, Job
-from soundstream.records import Delivery, Extracted, Settle
+from soundstream.ingest.flow import Flow
+from soundstream.ingest.pool import ExtractionPool, Job
 from soundstream.status import Status
 
 log = structlog.get_logger(__name__)

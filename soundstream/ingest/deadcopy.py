@@ -16,7 +16,7 @@ import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from soundstream.wire import INT64_MAX, INT64_MIN, field_kind, short_repr
+from soundstream.core.wire import INT64_MAX, INT64_MIN, field_kind, short_repr
 
 ERROR_HEADER = "x-error"
 ROUTING_KEY_HEADER = "x-original-routing-key"

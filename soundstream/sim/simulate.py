@@ -23,10 +23,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from pamqp.commands import Basic
 from tqdm import tqdm
 
-from soundstream import wav, wire
 from soundstream.config import Settings
+from soundstream.core import wav, wire
 from soundstream.errors import Malformed, SoundstreamError
-from soundstream.signals import SensorSignal
+from soundstream.sim.signals import SensorSignal
 
 # Unconfirmed publishes in flight: enough to keep the broker busy while it confirms,
 # few enough that memory stays bounded (at most this many chunk bodies).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from soundstream.queries import (
+from soundstream.store.read import (
     ARRAY_FIELDS,
     DEFAULT_LIMIT,
     FEATURE_FIELDS,

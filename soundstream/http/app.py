@@ -25,12 +25,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from soundstream import cursor, openapi, problems, queries
 from soundstream.config import Settings
+from soundstream.core.timefmt import format_timestamp, parse_timestamp
+from soundstream.core.wire import valid_sensor_id
 from soundstream.errors import BadRequest
 from soundstream.failures import unavailable
-from soundstream.timefmt import format_timestamp, parse_timestamp
-from soundstream.wire import valid_sensor_id
+from soundstream.http import cursor, openapi, problems
+from soundstream.store import read
 
 log = structlog.get_logger(__name__)
 
@@ -108,12 +109,12 @@ class _Sensors:
         ]
 
     async def sensors(self, request: Request) -> Response:
-        sensors = await queries.list_sensors(self._pool)
+        sensors = await read.list_sensors(self._pool)
         return ORJSONResponse({"sensors": [_summary(sensor) for sensor in sensors]})
 
     async def sensor(self, request: Request) -> Response:
         sensor_id = _sensor_id(request)
-        status = await queries.sensor_status(self._pool, sensor_id)
+        status = await read.sensor_status(self._pool, sensor_id)
         if status is None:
             return problems.problem(404, f"no sensor {sensor_id!r} has sent any audio")
         return ORJSONResponse(
@@ -140,7 +141,7 @@ class _Sensors:
         token = _one(query, "cursor")
         after = cursor.decode(token, sensor_id, start, end) if token else None
 
-        page = await queries.features(
+        page = await read.features(
             self._pool, sensor_id, start=start, end=end, fields=fields, limit=limit, after_ts=after
         )
         following = cursor.encode(sensor_id, start, end, page.rows[-1][0]) if page.more else None
@@ -231,25 +232,25 @@ def _fields(query: QueryParams) -> list[str]:
     named = {part.strip() for value in query.getlist("fields") for part in value.split(",")}
     named.discard("")
     if not named:
-        return list(queries.FEATURE_FIELDS)
-    unknown = named.difference(("ts", *queries.FEATURE_FIELDS))
+        return list(read.FEATURE_FIELDS)
+    unknown = named.difference(("ts", *read.FEATURE_FIELDS))
     if unknown:
         listed = ", ".join(sorted(repr(name)[:40] for name in unknown)[:5])
-        known = ", ".join(queries.FEATURE_FIELDS)
+        known = ", ".join(read.FEATURE_FIELDS)
         raise BadRequest("fields", f"fields has unknown names {listed}; known: ts, {known}")
-    return [name for name in queries.FEATURE_FIELDS if name in named]
+    return [name for name in read.FEATURE_FIELDS if name in named]
 
 
 def _limit(query: QueryParams) -> int:
     text = _one(query, "limit")
     if text is None or text == "":
-        return queries.DEFAULT_LIMIT
+        return read.DEFAULT_LIMIT
     # Plain ASCII digits only: int() would also take "+5", "1_000" and other scripts.
     if not (text.isascii() and text.isdigit() and len(text) <= 6) or not (
-        1 <= int(text) <= queries.MAX_LIMIT
+        1 <= int(text) <= read.MAX_LIMIT
     ):
         raise BadRequest(
-            "limit", f"limit must be an integer from 1 to {queries.MAX_LIMIT}; got {text!r:.20}"
+            "limit", f"limit must be an integer from 1 to {read.MAX_LIMIT}; got {text!r:.20}"
         )
     return int(text)
 
@@ -274,7 +275,7 @@ def _ts(value: datetime | None) -> str | None:
     return None if value is None else format_timestamp(value)
 
 
-def _summary(sensor: queries.Sensor) -> dict[str, Any]:
+def _summary(sensor: read.Sensor) -> dict[str, Any]:
     return {
         "sensor_id": sensor.sensor_id,
         "first_ts": _ts(sensor.first_ts),
@@ -304,7 +305,7 @@ def _float32(values: list[Any]) -> np.ndarray | list[np.ndarray]:
 def _csv(rows: Sequence[Any], fields: Sequence[str], widths: dict[str, int]) -> bytes:
     """RFC 4180: a header row, then one row per frame: ts, the scalars, then each array
     spread over ``<name>_<k>`` columns (cut or padded with empty cells to the width)."""
-    scalars = [name for name in fields if name in queries.SCALAR_FIELDS]
+    scalars = [name for name in fields if name in read.SCALAR_FIELDS]
     arrays = [(i, widths[name]) for i, name in enumerate(fields, 1) if name in widths]
     header = ["ts", *scalars]
     header += [f"{name}_{k}" for name in fields if name in widths for k in range(widths[name])]

@@ -20,9 +20,9 @@ import anyio
 import numpy as np
 import structlog
 
-from soundstream import worker
-from soundstream.config import FeatureParams
-from soundstream.features import Features, extract_many
+from soundstream.core.features import extract_many
+from soundstream.core.fields import FeatureParams, Features
+from soundstream.ingest import worker
 
 log = structlog.get_logger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from soundstream.features import SCALARS
-from soundstream.records import Extracted
+from soundstream.core.fields import SCALARS
+from soundstream.core.records import Extracted
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 TRAILER = b"\xff\xff"

@@ -32,13 +32,13 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pamqp.commands import Basic
 
-from soundstream import wire
 from soundstream.config import Settings
-from soundstream.deadcopy import dead_letter_headers
+from soundstream.core import wire
+from soundstream.core.records import Delivery, Settle
 from soundstream.errors import Malformed, TopologyMismatch
 from soundstream.failures import unavailable
-from soundstream.flow import Flow
-from soundstream.records import Delivery, Settle
+from soundstream.ingest.deadcopy import dead_letter_headers
+from soundstream.ingest.flow import Flow
 from soundstream.status import Status
 
 log = structlog.get_logger(__name__)

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from soundstream import wav
 from soundstream.config import MAX_BODY_KB
+from soundstream.core import wav
 from soundstream.errors import Malformed
 
 MAX_BODY_BYTES = MAX_BODY_KB * 1024

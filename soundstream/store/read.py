@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from soundstream.features import SCALARS
+from soundstream.core.fields import SCALARS
 
 SCALAR_FIELDS = SCALARS
 ARRAY_FIELDS = ("mel", "mfcc")

@@ -14,9 +14,9 @@ from typing import Any
 
 import asyncpg
 
-from soundstream import pgcopy
+from soundstream.core.records import Extracted, ns_to_us
 from soundstream.errors import SchemaMissing
-from soundstream.records import Extracted, ns_to_us
+from soundstream.store import pgcopy
 
 # timestamptz travels as integer microseconds since 2000-01-01 (PostgreSQL's epoch):
 # no datetime objects on the hot path.

@@ -20,12 +20,12 @@ import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from soundstream import store
 from soundstream.config import Settings
+from soundstream.core.records import Extracted, Settle
 from soundstream.failures import retryable
-from soundstream.flow import Flow
-from soundstream.records import Extracted, Settle
+from soundstream.ingest.flow import Flow
 from soundstream.status import Status
+from soundstream.store.write import write_batch
 
 log = structlog.get_logger(__name__)
 COMPONENT = "database"
@@ -86,7 +86,7 @@ async def _commit(
 ) -> None:
     async def write() -> tuple[int, int]:
         async with pool.acquire() as conn:
-            result: tuple[int, int] = await store.write_batch(conn, batch, settings.hop)
+            result: tuple[int, int] = await write_batch(conn, batch, settings.hop)
             return result
 
     started = time.perf_counter()

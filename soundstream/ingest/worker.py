@@ -15,8 +15,8 @@ from __future__ import annotations
 import resource
 import signal
 
-from soundstream.config import FeatureParams
-from soundstream.features import warm_up
+from soundstream.core.features import warm_up
+from soundstream.core.fields import FeatureParams
 
 
 def init(params: FeatureParams, memory_mb: int = 0) -> None:

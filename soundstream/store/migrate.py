@@ -31,7 +31,7 @@ class Migration:
 
 def available() -> list[Migration]:
     found = []
-    for entry in resources.files("soundstream.migrations").iterdir():
+    for entry in resources.files("soundstream.store.migrations").iterdir():
         match = _NAME.fullmatch(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))

@@ -18,9 +18,9 @@ from typing import Any
 
 import orjson
 
+from soundstream.core.timefmt import from_micros, to_micros
+from soundstream.core.wire import valid_sensor_id
 from soundstream.errors import BadRequest
-from soundstream.timefmt import from_micros, to_micros
-from soundstream.wire import valid_sensor_id
 
 PARAMETER = "cursor"
 VERSION = 1

@@ -11,8 +11,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from soundstream.features import Features
-from soundstream.wire import Chunk
+from soundstream.core.fields import Features
+from soundstream.core.wire import Chunk
 
 NS_PER_US = 1000
 N = TypeVar("N", int, np.ndarray)
