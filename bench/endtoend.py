@@ -10,8 +10,10 @@ it: ``soundstream serve`` (role ingest, default settings) or ``bench/naive.py``.
 two alternate, ``--runs`` times each (ours first in odd runs, naive first in even).
 
 The drain window runs from the first commit the bench sees to the moment every chunk
-is committed (the summed ``sensors.chunks`` polled every 50 ms; cheap, as that table
-has one row per sensor); chunks/s counts the chunks committed inside it. CPU is
+is committed (the summed ``sensors.chunks`` and ``sensor_deltas.chunks`` polled every
+50 ms; cheap, as the first has one row per sensor and the second is folded every few
+seconds; the naive consumer updates ``sensors`` directly); chunks/s counts the chunks
+committed inside it. CPU is
 utime+stime of /proc/<pid>/stat, sampled at the start and end of the window and
 every 0.25 s in between (a process that exits keeps its last value; one that appears
 counts from 0), summed per family: the consumer's main process, its descendants
@@ -58,6 +60,11 @@ from soundstream import config
 RESULTS = Path(__file__).parent / "results"
 NAIVE = Path(__file__).parent / "naive.py"
 SYSTEMS = ("ours", "naive")
+# Chunks committed: the sensor summaries plus the deltas not folded into them yet.
+STORED = """
+SELECT (SELECT coalesce(sum(chunks), 0) FROM sensors)
+     + (SELECT coalesce(sum(chunks), 0) FROM sensor_deltas)
+"""
 FAMILIES = ("main", "children", "postgres", "rabbitmq")
 TICK = os.sysconf("SC_CLK_TCK")
 POLL_S = 0.05  # committed-chunk polling
@@ -241,7 +248,7 @@ async def drain_once(system: str, plan: Plan, timeout_s: float) -> dict[str, Any
                     await stop(process, target.settings.drain_timeout_s + 10)
                     await process.aclose()
             chunks = int(await conn.fetchval("SELECT count(*) FROM chunks"))
-            frames = int(await conn.fetchval("SELECT count(*) FROM frames"))
+            frames = int(await conn.fetchval("SELECT coalesce(sum(n_frames), 0) FROM chunks"))
         finally:
             await conn.close()
         dead = await message_count(channel, target.settings.dead_queue)
@@ -286,7 +293,7 @@ async def watch(
     c0 = 0
     next_sample = 0.0
     while True:
-        stored = int(await conn.fetchval("SELECT coalesce(sum(chunks), 0) FROM sensors"))
+        stored = int(await conn.fetchval(STORED))
         now = time.monotonic()
         if stored and first is None:
             cpu.sample()  # the baseline

@@ -4,10 +4,12 @@
 
 One asyncio process, one AMQP channel (prefetch ``NAIVE_PREFETCH``, default 100) and one
 PostgreSQL connection. Messages are handled one at a time, in delivery order: decode
-with ``soundstream.ingest.consumer.decode`` (the service's validation), compute the same features
-in this process with ``soundstream.features.Extractor`` (no pool), then in one
-transaction insert the chunk (``ON CONFLICT DO NOTHING``), and only if it was new its
-frames (one ``executemany`` INSERT, ``ON CONFLICT DO NOTHING``) and the per-sensor
+with ``soundstream.ingest.consumer.decode`` (the service's validation), compute the
+same features in this process with ``soundstream.core.features.Extractor`` (no pool),
+then in one transaction insert the chunk into the service's ``chunks`` table (``ON
+CONFLICT DO NOTHING``), and only if it was new its frames (one ``executemany`` INSERT
+into its own one-row-per-frame table ``naive_frames``, ``ON CONFLICT DO NOTHING``) and
+the per-sensor
 summary (an upsert), commit, and ack that one message. A malformed message is rejected
 without requeue, so the queue's dead-lettering takes it. It declares nothing: it
 consumes the queue ``soundstream.ingest.consumer.declare_topology`` declared. SIGTERM or
@@ -44,8 +46,18 @@ ON CONFLICT DO NOTHING
 RETURNING seq
 """
 
+# The layout a user writes first: one row per frame.
+FRAMES_TABLE = """
+CREATE TABLE IF NOT EXISTS naive_frames (
+    sensor_id text NOT NULL, ts timestamptz NOT NULL, seq bigint NOT NULL, rms real NOT NULL,
+    zcr real NOT NULL, centroid real NOT NULL, bandwidth real NOT NULL, rolloff real NOT NULL,
+    flatness real NOT NULL, dominant_hz real NOT NULL, mel real[] NOT NULL,
+    mfcc real[] NOT NULL, PRIMARY KEY (sensor_id, ts)
+)
+"""
+
 INSERT_FRAME = """
-INSERT INTO frames (sensor_id, ts, seq, rms, zcr, centroid, bandwidth, rolloff, flatness,
+INSERT INTO naive_frames (sensor_id, ts, seq, rms, zcr, centroid, bandwidth, rolloff, flatness,
                     dominant_hz, mel, mfcc)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT DO NOTHING
@@ -131,6 +143,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
     """Consume until ``stop`` is set; return how many messages were acked."""
     extract = Extractor(settings.features)
     conn = await asyncpg.connect(settings.database_url)
+    await conn.execute(FRAMES_TABLE)
     connection = await aiormq.connect(settings.amqp_url)
     inbox: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
     acked = 0

@@ -90,7 +90,7 @@ async def _watch(database: str, total: int) -> tuple[float, float, int]:
                 first = now
             if stored >= total:
                 assert first is not None
-                frames = int(await conn.fetchval("SELECT count(*) FROM frames"))
+                frames = int(await conn.fetchval("SELECT coalesce(sum(n_frames), 0) FROM chunks"))
                 return first, now, frames
             await anyio.sleep(0.05)
         raise TimeoutError("backlog not drained within 600 s")

@@ -97,6 +97,7 @@ class Settings:
     batch_max_wait_ms: int = 200
     prefetch: int = 0  # 0: derived from the batch and pool sizes, see ``effective_prefetch``
     db_pool_size: int = 4
+    retention_days: int = 0  # 0: keep everything
     drain_timeout_s: float = 20.0
     max_restarts: int = 5
     restart_window_s: float = 60.0
@@ -249,6 +250,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "batch_max_wait_ms": _int(1, 60_000),
     "prefetch": _int(0, 65535),
     "db_pool_size": _int(1, 100),
+    "retention_days": _int(0, 100_000),
     "drain_timeout_s": _float(0.0, 3600.0, lo_open=True),
     "max_restarts": _int(0, 1000),
     "restart_window_s": _float(0.0, 86400.0, lo_open=True),

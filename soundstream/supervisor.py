@@ -30,7 +30,7 @@ from soundstream.errors import RestartBudgetExhausted, TopologyMismatch
 from soundstream.failures import describe, leaves, unavailable, undecodable
 from soundstream.http import server
 from soundstream.http.app import create_app
-from soundstream.ingest import consumer, extractor, writer
+from soundstream.ingest import consumer, extractor, upkeep, writer
 from soundstream.ingest.flow import Flow
 from soundstream.ingest.pool import ExtractionPool
 from soundstream.status import Status
@@ -249,9 +249,10 @@ async def _run_pipeline(
         ):  # fmt: skip
             stack.enter_context(end)
         # min_size=0: the writer opens the first connection itself, waiting out a
-        # database that is not up yet instead of failing the pipeline.
+        # database that is not up yet instead of failing the pipeline. One
+        # connection for the writer, one for upkeep.
         db = await asyncpg.create_pool(
-            settings.database_url, min_size=0, max_size=1, init=init_connection
+            settings.database_url, min_size=0, max_size=2, init=init_connection
         )
         stack.push_async_callback(db.close)
         async with anyio.create_task_group() as tg:
@@ -267,6 +268,7 @@ async def _run_pipeline(
                     status=status,
                 )
             )
+            await tg.start(partial(upkeep.run, settings, pool=db))
             await tg.start(
                 partial(
                     extractor.run, settings, deliveries_out, extracted_in, returns_in,

@@ -11,7 +11,6 @@ from typing import TypeVar
 
 import numpy as np
 
-from soundstream.core.fields import Features
 from soundstream.core.wire import Chunk
 
 NS_PER_US = 1000
@@ -38,8 +37,36 @@ class Settle:
 
 
 @dataclass(frozen=True, slots=True)
+class Job:
+    """What a pool worker needs of one chunk: its samples and what names its row."""
+
+    samples: np.ndarray
+    sample_rate: int
+    sensor_id: str
+    seq: int
+    start_ns: int
+    received_us: int
+
+    @classmethod
+    def of(cls, delivery: Delivery) -> Job:
+        c = delivery.chunk
+        return cls(c.samples, c.sample_rate, c.sensor_id, c.seq, c.start_ns, delivery.received_us)
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A chunk's frames as the writer sends them: one ``chunk_frames`` row in binary
+    COPY format (empty when the chunk has no frames), and the span it covers."""
+
+    n_frames: int
+    first_us: int | None
+    last_us: int | None
+    row: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Extracted:
-    """A chunk's features, ready to be written; the samples are no longer needed."""
+    """A chunk ready to be written; the samples are no longer needed."""
 
     tag: int
     sensor_id: str
@@ -48,10 +75,10 @@ class Extracted:
     sample_rate: int
     n_samples: int
     received_us: int
-    features: Features
+    frames: Encoded
 
     @classmethod
-    def of(cls, delivery: Delivery, features: Features) -> Extracted:
+    def of(cls, delivery: Delivery, frames: Encoded) -> Extracted:
         chunk = delivery.chunk
         return cls(
             delivery.tag,
@@ -61,11 +88,8 @@ class Extracted:
             chunk.sample_rate,
             len(chunk.samples),
             delivery.received_us,
-            features,
+            frames,
         )
-
-    def frame_times_us(self, hop: int) -> np.ndarray:
-        return frame_times_us(self.start_ns, len(self.features), hop, self.sample_rate)
 
 
 def div_round_half_even(numerator: N, denominator: int) -> N:

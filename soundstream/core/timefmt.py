@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
+import numpy as np
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _EXAMPLE = "2026-01-01T00:00:00Z"
@@ -88,3 +90,9 @@ def to_micros(value: datetime) -> int:
 def from_micros(micros: int) -> datetime:
     """The inverse of ``to_micros``; ``OverflowError`` outside the years 1..9999."""
     return EPOCH + micros * _MICROSECOND
+
+
+def format_micros(micros: np.ndarray) -> list[str]:
+    """``format_timestamp`` of each of an array of microseconds since the UNIX epoch."""
+    text = np.datetime_as_string(micros.astype("datetime64[us]"), unit="us")
+    return np.char.add(text, "Z").tolist()  # type: ignore[no-any-return]

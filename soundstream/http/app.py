@@ -8,13 +8,12 @@ document are always served; ``/v1/*`` only by a process with the ``api`` role.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
 import asyncpg
-import numpy as np
 import orjson
 import structlog
 from starlette.applications import Starlette
@@ -26,11 +25,11 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from soundstream.config import Settings
-from soundstream.core.timefmt import format_timestamp, parse_timestamp
+from soundstream.core.timefmt import format_timestamp, from_micros, parse_timestamp
 from soundstream.core.wire import valid_sensor_id
 from soundstream.errors import BadRequest
 from soundstream.failures import unavailable
-from soundstream.http import cursor, openapi, problems
+from soundstream.http import cursor, formats, openapi, problems
 from soundstream.store import read
 
 log = structlog.get_logger(__name__)
@@ -144,17 +143,17 @@ class _Sensors:
         page = await read.features(
             self._pool, sensor_id, start=start, end=end, fields=fields, limit=limit, after_ts=after
         )
-        following = cursor.encode(sensor_id, start, end, page.rows[-1][0]) if page.more else None
+        last = from_micros(int(page.ts[-1])) if len(page) else None
+        following = cursor.encode(sensor_id, start, end, last) if page.more and last else None
         headers = _next_page_headers(request, following)
         if form == "json":
-            body = {"sensor_id": sensor_id, "frames": _frames(page.rows, fields), "next": following}
+            frames = formats.frames(page, fields)
+            body = {"sensor_id": sensor_id, "frames": frames, "next": following}
             return ORJSONResponse(body, headers=headers)
         if form == "ndjson":
-            lines = b"".join(
-                orjson.dumps(frame, option=_NUMPY) + b"\n" for frame in _frames(page.rows, fields)
-            )
+            lines = formats.ndjson(page, fields)
             return Response(lines, media_type="application/x-ndjson", headers=headers)
-        table = _csv(page.rows, fields, self._widths)
+        table = formats.csv(page, fields, self._widths)
         return Response(table, media_type="text/csv; header=present", headers=headers)
 
 
@@ -283,59 +282,3 @@ def _summary(sensor: read.Sensor) -> dict[str, Any]:
         "chunks": sensor.chunks,
         "frames": sensor.frames,
     }
-
-
-def _frames(rows: Sequence[Any], fields: Sequence[str]) -> list[dict[str, Any]]:
-    # Column by column: one numpy conversion per field instead of one per value.
-    columns: dict[str, Iterable[Any]] = {"ts": [format_timestamp(row[0]) for row in rows]}
-    for i, name in enumerate(fields, 1):
-        columns[name] = _float32([row[i] for row in rows])
-    return [
-        dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
-    ]
-
-
-def _float32(values: list[Any]) -> np.ndarray | list[np.ndarray]:
-    try:
-        return np.array(values, np.float32)
-    except ValueError:  # arrays of different lengths, stored under other settings
-        return [np.asarray(value, np.float32) for value in values]
-
-
-def _csv(rows: Sequence[Any], fields: Sequence[str], widths: dict[str, int]) -> bytes:
-    """RFC 4180: a header row, then one row per frame: ts, the scalars, then each array
-    spread over ``<name>_<k>`` columns (cut or padded with empty cells to the width)."""
-    scalars = [name for name in fields if name in read.SCALAR_FIELDS]
-    arrays = [(i, widths[name]) for i, name in enumerate(fields, 1) if name in widths]
-    header = ["ts", *scalars]
-    header += [f"{name}_{k}" for name in fields if name in widths for k in range(widths[name])]
-    lines = [",".join(header).encode()]
-    stamps = [format_timestamp(row[0]).encode() for row in rows]
-    if rows and len(header) > 1:
-        blocks = [_padded([row[i] for row in rows], width) for i, width in arrays]
-        if scalars:
-            blocks.insert(0, np.array([row[1 : 1 + len(scalars)] for row in rows], np.float32))
-        table = np.hstack(blocks)
-        # One orjson call prints the whole table, "[[a,b],[c,d]]", each float32 as the
-        # shortest decimal that reads back as itself; padding (NaN) prints as null.
-        text = orjson.dumps(table, option=_NUMPY)[2:-2].replace(b"null", b"")
-        stamps = [
-            stamp + b"," + cells for stamp, cells in zip(stamps, text.split(b"],["), strict=True)
-        ]
-    lines += stamps
-    lines.append(b"")
-    return b"\r\n".join(lines)
-
-
-def _padded(values: list[list[float]], width: int) -> np.ndarray:
-    try:
-        table = np.array(values, np.float32)
-        if table.shape == (len(values), width):
-            return table
-    except ValueError:  # arrays of different lengths
-        pass
-    table = np.full((len(values), width), np.nan, np.float32)
-    for row, value in zip(table, values, strict=True):
-        cut = value[:width]
-        row[: len(cut)] = cut
-    return table

@@ -1,4 +1,4 @@
-"""The extractor actor: deliveries in, features out, computed in a process pool.
+"""The extractor actor: deliveries in, rows ready for COPY out, computed in a process pool.
 
 Whatever is waiting in the inbox (up to ``chunks_per_task`` chunks and
 ``TASK_MAX_SAMPLES`` samples) goes to the pool as one task, so a busy stream pays
@@ -20,11 +20,10 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from soundstream.config import Settings
-from soundstream.core.fields import Features
-from soundstream.core.records import Delivery, Extracted, Settle
+from soundstream.core.records import Delivery, Encoded, Extracted, Job, Settle
 from soundstream.failures import describe
 from soundstream.ingest.flow import Flow
-from soundstream.ingest.pool import ExtractionPool, Job
+from soundstream.ingest.pool import ExtractionPool
 from soundstream.status import Status
 
 log = structlog.get_logger(__name__)
@@ -52,12 +51,12 @@ async def run(
             results = await _extract(pool, batch)
         finally:
             in_flight.release()
-        for delivery, features in zip(batch, results, strict=True):
-            if features is None:
+        for delivery, encoded in zip(batch, results, strict=True):
+            if encoded is None:
                 flow.handed -= 1
                 await returns.send(Settle(delivery.tag, requeue=True))
             else:
-                await outbox.send(Extracted.of(delivery, features))
+                await outbox.send(Extracted.of(delivery, encoded))
 
     status.up(COMPONENT)
     task_status.started()
@@ -83,21 +82,21 @@ async def run(
         status.down(COMPONENT, "stopped")
 
 
-async def _extract(pool: ExtractionPool, batch: list[Delivery]) -> list[Features | None]:
-    """Each delivery's features, or None for one that fails even alone in the pool.
+async def _extract(pool: ExtractionPool, batch: list[Delivery]) -> list[Encoded | None]:
+    """Each delivery's encoded row, or None for one that fails even alone in the pool.
 
     A failed task says nothing about which chunk failed, nor does a worker that died
     while other tasks ran beside it: each chunk is tried again with the pool to
     itself, and only a chunk that fails so is blamed.
     """
     try:
-        return list(await pool.extract([_job(d) for d in batch]))
+        return list(await pool.extract([Job.of(d) for d in batch]))
     except Exception as exc:
         log.warning("extraction_failed", chunks=len(batch), error=describe(exc))
-    results: list[Features | None] = []
+    results: list[Encoded | None] = []
     for delivery in batch:
         try:
-            results.extend(await pool.extract([_job(delivery)], alone=True))
+            results.extend(await pool.extract([Job.of(delivery)], alone=True))
         except Exception as exc:
             await _check_pool(pool)
             _log_failed(delivery, exc)
@@ -113,10 +112,6 @@ async def _check_pool(pool: ExtractionPool) -> None:
         await pool.extract([], alone=True)
     except Exception as exc:
         raise RuntimeError(f"the extraction pool cannot run a task: {describe(exc)}") from exc
-
-
-def _job(delivery: Delivery) -> Job:
-    return delivery.chunk.samples, delivery.chunk.sample_rate
 
 
 def _log_failed(delivery: Delivery, exc: BaseException) -> None:

@@ -14,19 +14,15 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
 
 import anyio
-import numpy as np
 import structlog
 
-from soundstream.core.features import extract_many
-from soundstream.core.fields import FeatureParams, Features
+from soundstream.core.fields import FeatureParams
+from soundstream.core.records import Encoded, Job
 from soundstream.ingest import worker
 
 log = structlog.get_logger(__name__)
-
-Job = tuple[np.ndarray[Any, Any], int]
 
 
 class ExtractionPool:
@@ -56,8 +52,8 @@ class ExtractionPool:
             initargs=(self._params, self._memory_mb),
         )
 
-    async def extract(self, jobs: list[Job], *, alone: bool = False) -> list[Features]:
-        """Features of ``jobs`` in one task. Raises whatever the worker raised, or
+    async def extract(self, jobs: list[Job], *, alone: bool = False) -> list[Encoded]:
+        """The encoded rows of ``jobs``, in one task. Raises whatever the worker raised, or
         ``BrokenProcessPool`` if a worker died (the pool is replaced by then).
         ``alone``: wait until no other task is in flight, and let none start meanwhile.
         """
@@ -69,7 +65,7 @@ class ExtractionPool:
         try:
             executor = self._executor
             try:
-                future = executor.submit(extract_many, self._params, jobs)
+                future = executor.submit(worker.encode_many, self._params, jobs)
                 return await asyncio.wrap_future(future)
             except BrokenProcessPool:
                 self._replace(executor)

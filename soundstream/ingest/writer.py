@@ -63,7 +63,7 @@ async def _collect(
     except anyio.EndOfStream:
         return []
     batch = [first]
-    frames = len(first.features)
+    frames = first.frames.n_frames
     deadline = anyio.current_time() + settings.batch_max_wait_ms / 1000
     while (
         len(batch) < min(settings.batch_max_chunks, flow.handed)
@@ -75,7 +75,7 @@ async def _collect(
             except anyio.EndOfStream:
                 break
             batch.append(item)
-            frames += len(item.features)
+            frames += item.frames.n_frames
             continue
         break  # waited long enough
     return batch
@@ -86,7 +86,7 @@ async def _commit(
 ) -> None:
     async def write() -> tuple[int, int]:
         async with pool.acquire() as conn:
-            result: tuple[int, int] = await write_batch(conn, batch, settings.hop)
+            result: tuple[int, int] = await write_batch(conn, batch)
             return result
 
     started = time.perf_counter()

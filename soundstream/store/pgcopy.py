@@ -1,86 +1,108 @@
-"""PostgreSQL's binary COPY format for frame rows, built with numpy.
+"""PostgreSQL's binary COPY format for ``chunk_frames`` rows, built with numpy.
 
-Encoding frames one Python value at a time cost more of the main process than
-anything else in the pipeline; every frame row has the same layout, so a chunk's
-rows are one numpy structured array, filled column by column and written out as
-bytes. Pure: numpy only.
+One chunk is one row: its frames' times and each feature as an array. The pool
+worker that computed the features encodes the row, so the main process only
+passes bytes on to PostgreSQL and never touches a frame. Pure: numpy only.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
-from typing import Any
+from datetime import UTC, datetime
 
 import numpy as np
 
-from soundstream.core.fields import SCALARS
-from soundstream.core.records import Extracted
+from soundstream.core.fields import SCALARS, Features
+from soundstream.core.records import Encoded, Job, frame_times_us
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 TRAILER = b"\xff\xff"
 FLOAT4_OID = 700
+TIMESTAMPTZ_OID = 1184
 PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01, where timestamptz counts from
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The column order every row is written in.
-COLUMNS = ("sensor_id", "ts", "seq", *SCALARS, "mel", "mfcc")
+COLUMNS = (
+    "sensor_id",
+    "start_ts",
+    "seq",
+    "last_ts",
+    "received_at",
+    "n_frames",
+    "ts",
+    *SCALARS,
+    "mel",
+    "mfcc",
+)
+_FLOAT4 = np.dtype([("len", ">i4"), ("v", ">f4")])
+_INT8 = np.dtype([("len", ">i4"), ("v", ">i8")])
 
 
-def _array_field(name: str, n: int) -> list[tuple[Any, ...]]:
-    """A one-dimensional real[]: length word, array header, then (length, value) pairs."""
-    element = np.dtype([("len", ">i4"), ("v", ">f4")])
-    return [
-        (f"{name}_len", ">i4"),
-        (f"{name}_head", ">i4", (5,)),  # ndim, has-nulls, element oid, size, lower bound
-        (name, element, (n,)),
-    ]
+def _array(values: np.ndarray, element: np.dtype[np.void], oid: int) -> bytes:
+    """A one-dimensional array field: length word, array header, (length, value) pairs."""
+    flat = values.reshape(-1)
+    n = len(flat)
+    pairs = np.empty(n, element)
+    pairs["len"] = element["v"].itemsize
+    pairs["v"] = flat
+    head = struct.pack(">6i", 20 + n * element.itemsize, 1, 0, oid, n, 1)
+    return head + pairs.tobytes()
 
 
-def _row_dtype(sensor_bytes: int, n_mels: int, n_mfcc: int) -> np.dtype[np.void]:
-    fields: list[tuple[Any, ...]] = [
-        ("n_fields", ">i2"),
-        ("sensor_id_len", ">i4"),
-        ("sensor_id", f"S{sensor_bytes}"),
-        ("ts_len", ">i4"),
-        ("ts", ">i8"),
-        ("seq_len", ">i4"),
-        ("seq", ">i8"),
-    ]
-    for name in SCALARS:
-        fields += [(f"{name}_len", ">i4"), (name, ">f4")]
-    fields += _array_field("mel", n_mels) + _array_field("mfcc", n_mfcc)
-    return np.dtype(fields)
+def _timestamp(us: int) -> bytes:
+    return struct.pack(">iq", 8, us - PG_EPOCH_US)
 
 
-def encode_chunk(e: Extracted, times_us: np.ndarray) -> bytes:
-    """One chunk's frame rows (at ``times_us``), without the file header and trailer."""
-    f = e.features
-    n = len(f)
+def chunk_row(job: Job, hop: int, features: Features) -> Encoded:
+    """The chunk's ``chunk_frames`` row (no file header or trailer); no row without frames."""
+    n = len(features)
     if not n:
-        return b""
-    sensor = e.sensor_id.encode("ascii")  # sensor ids are ASCII by the wire format
-    n_mels, n_mfcc = f.mel.shape[1], f.mfcc.shape[1]
-    rows = np.empty(n, dtype=_row_dtype(len(sensor), n_mels, n_mfcc))
-    rows["n_fields"] = len(COLUMNS)
-    rows["sensor_id_len"] = len(sensor)
-    rows["sensor_id"] = sensor
-    rows["ts_len"] = 8
-    rows["ts"] = times_us - PG_EPOCH_US
-    rows["seq_len"] = 8
-    rows["seq"] = e.seq
-    for name in SCALARS:
-        rows[f"{name}_len"] = 4
-        rows[name] = getattr(f, name)
-    for name, values in (("mel", f.mel), ("mfcc", f.mfcc)):
-        width = values.shape[1]
-        rows[f"{name}_len"] = 20 + 8 * width
-        rows[f"{name}_head"] = (1, 0, FLOAT4_OID, width, 1)
-        rows[name]["len"] = 4
-        rows[name]["v"] = values
-    return rows.tobytes()
+        return Encoded(0, None, None, b"")
+    times = frame_times_us(job.start_ns, n, hop, job.sample_rate)
+    first, last = int(times[0]), int(times[-1])
+    sensor = job.sensor_id.encode("ascii")  # sensor ids are ASCII by the wire format
+    parts = [
+        struct.pack(">hi", len(COLUMNS), len(sensor)),
+        sensor,
+        _timestamp(first),
+        struct.pack(">iq", 8, job.seq),
+        _timestamp(last),
+        _timestamp(job.received_us),
+        struct.pack(">ii", 4, n),
+        _array(times - PG_EPOCH_US, _INT8, TIMESTAMPTZ_OID),
+    ]
+    parts += [_array(getattr(features, name), _FLOAT4, FLOAT4_OID) for name in SCALARS]
+    parts += [_array(features.mel, _FLOAT4, FLOAT4_OID), _array(features.mfcc, _FLOAT4, FLOAT4_OID)]
+    return Encoded(n, first, last, b"".join(parts))
 
 
-def encode(timed: Iterable[tuple[Extracted, np.ndarray]]) -> Iterable[bytes]:
-    """The whole COPY stream for chunks and their frame times, as parts in order."""
+def stream(rows: Iterable[bytes]) -> Iterable[bytes]:
+    """The whole COPY stream for encoded rows, as parts in order."""
     yield HEADER
-    for e, times_us in timed:
-        yield encode_chunk(e, times_us)
+    yield from rows
     yield TRAILER
+
+
+# Reading back: ``array_send`` gives the same binary array format. A one-dimensional
+# array has a 20-byte header (an empty one 12 bytes and no elements).
+_ARRAY_HEADER = 20
+
+
+def _elements(raw: bytes, element: np.dtype[np.void]) -> np.ndarray:
+    (ndim,) = struct.unpack_from(">i", raw)
+    if ndim == 0:
+        return np.empty(0, element)["v"]
+    if ndim != 1:
+        raise ValueError(f"expected a one-dimensional array, got {ndim} dimensions")
+    return np.frombuffer(raw, element, offset=_ARRAY_HEADER)["v"]
+
+
+def decode_reals(raw: bytes) -> np.ndarray:
+    """A ``real[]`` in binary format -> float32 values."""
+    return _elements(raw, _FLOAT4).astype(np.float32)
+
+
+def decode_timestamps(raw: bytes) -> np.ndarray:
+    """A ``timestamptz[]`` in binary format -> int64 microseconds since the UNIX epoch."""
+    return _elements(raw, _INT8).astype(np.int64) + PG_EPOCH_US

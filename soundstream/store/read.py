@@ -1,33 +1,40 @@
-"""The SQL the HTTP API reads with.
+"""The SQL the HTTP API reads with, and the decoding of what it returns.
 
-Sensor summaries come from the ``sensors`` table the writer keeps current, so
-listing sensors never touches ``frames``. Every identifier in generated SQL comes
-from ``FEATURE_FIELDS``; request text only ever reaches PostgreSQL as a bound
-parameter.
+Sensor summaries come from ``sensors`` plus the deltas not yet folded into it, so
+listing sensors never touches the frames. Features are read a chunk row at a
+time (``chunk_frames``: each field an array over the chunk's frames), sent by
+PostgreSQL in its binary array format (``array_send``) and decoded with numpy: no
+Python object per frame or value. Every identifier in generated SQL comes from
+``FEATURE_FIELDS``; request text only ever reaches PostgreSQL as a bound parameter.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+import numpy as np
 
-from soundstream.core.fields import SCALARS
+from soundstream.core.fields import ARRAY_FIELDS, FEATURE_FIELDS, SCALARS
+from soundstream.store import pgcopy
 
 SCALAR_FIELDS = SCALARS
-ARRAY_FIELDS = ("mel", "mfcc")
-FEATURE_FIELDS = SCALAR_FIELDS + ARRAY_FIELDS
+__all__ = ["ARRAY_FIELDS", "FEATURE_FIELDS", "SCALAR_FIELDS"]
 
 # Frames per features page: the default, and the most one request may read.
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 10_000
+# Chunk rows a page reads first; later reads are sized by the frames per chunk seen.
+FIRST_READ_CHUNKS = 16
+MAX_READ_CHUNKS = 1024
 
 # ``missing_seq`` lists at most this many ranges, the lowest seqs first, so that a
 # sensor with pathological loss cannot make its status answer unbounded. Lowest
 # first keeps the list stable while new chunks arrive.
 MAX_MISSING_RANGES = 1000
+_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,26 +54,52 @@ class SensorStatus:
     last_received_at: datetime
 
 
+Column = np.ndarray | list[np.ndarray]
+
+
 @dataclass(frozen=True, slots=True)
 class FeaturePage:
-    """Rows hold ``ts`` first, then the requested fields in the order asked for."""
+    """Frames in time order: ``ts`` as microseconds since the UNIX epoch, and each
+    requested field as a column: float32 values for a scalar, a (frames, width)
+    array for mel/mfcc (or one array per frame where chunks stored other widths)."""
 
-    rows: list[Any]  # asyncpg.Record
-    more: bool  # another page follows the last row
+    ts: np.ndarray
+    columns: dict[str, Column]
+    more: bool  # another page follows the last frame
+
+    def __len__(self) -> int:
+        return len(self.ts)
 
 
-_SUMMARY = "sensor_id, first_ts, last_ts, chunks, frames"
+# The summary folded so far plus what is not folded yet.
+_SUMMARY = """
+SELECT sensor_id, min(first_ts) AS first_ts, max(last_ts) AS last_ts,
+       sum(chunks)::bigint AS chunks, sum(frames)::bigint AS frames,
+       max(last_seq) AS last_seq, max(last_received_at) AS last_received_at,
+       max(expired_through_seq) AS expired_through_seq
+FROM (
+    SELECT sensor_id, first_ts, last_ts, chunks, frames, last_seq, last_received_at,
+           expired_through_seq
+    FROM sensors {where}
+    UNION ALL
+    SELECT sensor_id, first_ts, last_ts, chunks, frames, last_seq, last_received_at, NULL
+    FROM sensor_deltas {where}
+) AS parts
+GROUP BY sensor_id
+ORDER BY sensor_id
+"""
 
 # Each received seq paired with the one before it (lag); a step of more than one is
 # a gap. The sentinel row at last_seq closes a gap that runs up to it even if the
-# chunk at last_seq itself is not (yet) in ``chunks``; lag's default of -1 opens a
-# gap at seq 0 when the first chunk received came later.
+# chunk at last_seq itself is not (yet) in ``chunks``; lag's default (-1, or the
+# last seq retention removed) opens a gap at the first seq kept when chunks before
+# it never came.
 _MISSING_SEQ = f"""
 SELECT previous + 1 AS gap_from, seq - 1 AS gap_to
 FROM (
-    SELECT seq, lag(seq, 1, -1::bigint) OVER (ORDER BY seq) AS previous
+    SELECT seq, lag(seq, 1, $3::bigint) OVER (ORDER BY seq) AS previous
     FROM (
-        SELECT seq FROM chunks WHERE sensor_id = $1 AND seq < $2::bigint
+        SELECT seq FROM chunks WHERE sensor_id = $1 AND seq < $2::bigint AND seq > $3::bigint
         UNION ALL
         SELECT $2::bigint
     ) AS received
@@ -76,27 +109,50 @@ ORDER BY seq
 LIMIT {MAX_MISSING_RANGES}
 """
 
+# The chunk rows that can hold frames in [$2, $3): those starting before $3 and
+# ending at or after $2, found through the (sensor_id, start_ts) key by looking
+# back as far as the longest chunk ever stored. $4/$5: where the previous read of
+# this page stopped.
+_CHUNKS = """
+SELECT start_ts, seq, received_at, array_send(ts) AS ts{columns}
+FROM chunk_frames
+WHERE sensor_id = $1 AND start_ts < $3
+  AND start_ts >= $2::timestamptz - (SELECT longest FROM frame_span)
+  AND last_ts >= $2
+  AND (start_ts, seq) > ($4, $5)
+ORDER BY start_ts, seq
+LIMIT $6
+"""
+
 
 async def list_sensors(pool: asyncpg.Pool) -> list[Sensor]:
-    rows = await pool.fetch(f"SELECT {_SUMMARY} FROM sensors ORDER BY sensor_id")
-    return [Sensor(*row) for row in rows]
+    rows = await pool.fetch(_SUMMARY.format(where=""))
+    return [Sensor(*row[:5]) for row in rows]
 
 
 async def sensor_status(pool: asyncpg.Pool, sensor_id: str) -> SensorStatus | None:
     async with pool.acquire() as conn:
-        row = await conn.fetchrow(
-            f"SELECT {_SUMMARY}, last_seq, last_received_at FROM sensors WHERE sensor_id = $1",
-            sensor_id,
-        )
+        row = await conn.fetchrow(_SUMMARY.format(where="WHERE sensor_id = $1"), sensor_id)
         if row is None:
             return None
-        gaps = await conn.fetch(_MISSING_SEQ, sensor_id, row["last_seq"])
+        expired = row["expired_through_seq"]
+        gaps = await conn.fetch(
+            _MISSING_SEQ, sensor_id, row["last_seq"], -1 if expired is None else expired
+        )
     return SensorStatus(
         summary=Sensor(*row[:5]),
         last_seq=row["last_seq"],
         missing_seq=[(gap["gap_from"], gap["gap_to"]) for gap in gaps],
         last_received_at=row["last_received_at"],
     )
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """One chunk row, decoded: its frames' times and the requested columns."""
+
+    ts: np.ndarray
+    columns: list[np.ndarray]  # per field: (frames,) or (frames, width)
 
 
 async def features(
@@ -111,18 +167,91 @@ async def features(
 ) -> FeaturePage:
     """Frames with ``start <= ts < end`` (and ``ts > after_ts``), oldest first.
 
-    Keyset pagination: ``(sensor_id, ts)`` is the primary key, so each page is one
-    index range scan however deep into the range it starts.
+    Where two chunks of the sensor hold the same instant, the one received first
+    gives the frame. Each page reads only the chunk rows it needs, however deep
+    into the range it starts.
     """
     unknown = [name for name in fields if name not in FEATURE_FIELDS]
     if unknown:
         raise ValueError(f"unknown feature fields: {unknown}")
-    columns = "".join(f", {name}" for name in fields)
-    sql = f"SELECT ts{columns} FROM frames WHERE sensor_id = $1 AND ts >= $2 AND ts < $3"
-    args: list[Any] = [sensor_id, start, end, limit + 1]
-    if after_ts is not None:
-        sql += " AND ts > $5"
-        args.append(after_ts)
-    # One row more than asked for tells whether a next page exists.
-    rows = await pool.fetch(sql + " ORDER BY ts LIMIT $4", *args)
-    return FeaturePage(rows=rows[:limit], more=len(rows) > limit)
+    low = start if after_ts is None else max(start, after_ts + _MICROSECOND)
+    sql = _CHUNKS.format(columns="".join(f", array_send({name}) AS {name}" for name in fields))
+    chunks: list[_Chunk] = []
+    order: list[tuple[datetime, int]] = []  # (received_at, seq) of each chunk
+    key: tuple[datetime, int] = (datetime.min.replace(tzinfo=low.tzinfo), -1)
+    wanted, frames, read = limit + 1, 0, FIRST_READ_CHUNKS
+    async with pool.acquire() as conn:
+        while True:
+            rows = await conn.fetch(sql, sensor_id, low, end, *key, read)
+            for row in rows:
+                chunks.append(_decode(row, fields))
+                order.append((row["received_at"], row["seq"]))
+            frames += sum(len(c.ts) for c in chunks[len(chunks) - len(rows) :])
+            if len(rows) < read:
+                boundary = None  # every chunk of the range is read
+                break
+            # Chunks not read yet start at or after this: earlier frames are final.
+            boundary = rows[-1]["start_ts"]
+            if _count_before(chunks, low, end, boundary) >= wanted:
+                break
+            key = (rows[-1]["start_ts"], rows[-1]["seq"])
+            per_chunk = max(1, frames // len(chunks))
+            read = min(MAX_READ_CHUNKS, max(FIRST_READ_CHUNKS, 2 * wanted // per_chunk))
+    return _page(chunks, order, fields, low=low, end=end, boundary=boundary, limit=limit)
+
+
+def _decode(row: Any, fields: Sequence[str]) -> _Chunk:
+    ts = pgcopy.decode_timestamps(row["ts"])
+    columns = []
+    for name in fields:
+        values = pgcopy.decode_reals(row[name])
+        if name in ARRAY_FIELDS:
+            values = values.reshape(len(ts), -1)
+        columns.append(values)
+    return _Chunk(ts, columns)
+
+
+def _count_before(chunks: list[_Chunk], low: datetime, end: datetime, boundary: datetime) -> int:
+    lo, hi = _micros(low), min(_micros(end), _micros(boundary))
+    return sum(int(np.count_nonzero((c.ts >= lo) & (c.ts < hi))) for c in chunks)
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - pgcopy.UNIX_EPOCH) // _MICROSECOND
+
+
+def _page(
+    chunks: list[_Chunk],
+    order: list[tuple[datetime, int]],
+    fields: Sequence[str],
+    *,
+    low: datetime,
+    end: datetime,
+    boundary: datetime | None,
+    limit: int,
+) -> FeaturePage:
+    if not chunks:
+        empty = {name: np.empty(0, np.float32) for name in fields}
+        return FeaturePage(np.empty(0, np.int64), dict[str, Column](empty), more=False)
+    hi = _micros(end) if boundary is None else min(_micros(end), _micros(boundary))
+    ts = np.concatenate([c.ts for c in chunks])
+    rank = np.empty(len(order), np.int64)
+    rank[sorted(range(len(order)), key=order.__getitem__)] = np.arange(len(order))
+    chunk_rank = np.repeat(rank, [len(c.ts) for c in chunks])
+    # Time order; among frames at one instant, the chunk received first.
+    by_time = np.lexsort((chunk_rank, ts))
+    ts_sorted = ts[by_time]
+    keep = (ts_sorted >= _micros(low)) & (ts_sorted < hi)
+    keep[1:] &= ts_sorted[1:] != ts_sorted[:-1]
+    chosen = by_time[keep]
+    more = len(chosen) > limit or boundary is not None
+    chosen = chosen[:limit]
+    columns: dict[str, Column] = {}
+    for i, name in enumerate(fields):
+        parts = [c.columns[i] for c in chunks]
+        if name in ARRAY_FIELDS and len({p.shape[1] for p in parts}) > 1:
+            rows = [row for p in parts for row in p]  # widths differ: one array per frame
+            columns[name] = [rows[j] for j in chosen]
+        else:
+            columns[name] = np.concatenate(parts)[chosen]
+    return FeaturePage(ts[chosen], columns, more)

@@ -1,15 +1,16 @@
 """The write side of PostgreSQL: one batch of chunks -> one idempotent transaction.
 
 Chunk rows go through a staging table and ``INSERT ... ON CONFLICT DO NOTHING``;
-only the chunks that were new have their frames written (a binary COPY built by
-``pgcopy``), so a redelivered or republished chunk adds nothing and raises
-nothing, and the per-sensor summary counts each chunk once.
+only the chunks that were new have their frames written (one ``chunk_frames`` row
+each, already in binary COPY format), so a redelivered or republished chunk adds
+nothing and raises nothing. What the batch adds to each sensor's summary goes in
+as append-only deltas: two replicas writing the same sensor never wait for each
+other on a row (``store.upkeep`` folds the deltas in).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -30,55 +31,35 @@ CHUNK_COLUMNS = (
     "n_samples",
     "n_frames",
     "received_at",
+    "first_ts",
+    "last_ts",
 )
 
 _TEMP_TABLES = """
 CREATE TEMP TABLE IF NOT EXISTS chunks_in (LIKE chunks) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS frames_in (LIKE frames) ON COMMIT DELETE ROWS;
 """
 
 # Ordered inserts keep two replicas writing overlapping batches from deadlocking
 # in the common case; the writer still retries if PostgreSQL picks a victim.
-_NEW_CHUNKS = """
-INSERT INTO chunks SELECT * FROM chunks_in ORDER BY sensor_id, seq
+_NEW_CHUNKS = f"""
+INSERT INTO chunks ({", ".join(CHUNK_COLUMNS)})
+SELECT {", ".join(CHUNK_COLUMNS)} FROM chunks_in ORDER BY sensor_id, seq
 ON CONFLICT DO NOTHING
 RETURNING sensor_id, seq
 """
 
-# Only when the direct COPY found some instants already stored.
-_MOVE_FRAMES = """
-WITH inserted AS (
-    INSERT INTO frames SELECT * FROM frames_in ORDER BY sensor_id, ts
-    ON CONFLICT DO NOTHING
-    RETURNING sensor_id, ts
+# The batch's deltas, and the longest frame span if this batch has a longer one
+# (the row is written only then).
+_DELTAS = """
+WITH longer AS (
+    UPDATE frame_span SET longest = $8 * interval '1 microsecond'
+    WHERE longest < $8 * interval '1 microsecond'
 )
-SELECT sensor_id, count(*) AS frames, min(ts) AS first_ts, max(ts) AS last_ts
-FROM inserted GROUP BY sensor_id
-"""
-
-_SUMMARY = """
-INSERT INTO sensors (sensor_id, first_ts, last_ts, chunks, frames, last_seq, last_received_at)
+INSERT INTO sensor_deltas
+    (sensor_id, first_ts, last_ts, chunks, frames, last_seq, last_received_at)
 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::bigint[],
                      $5::bigint[], $6::bigint[], $7::timestamptz[])
-ORDER BY 1
-ON CONFLICT (sensor_id) DO UPDATE SET
-    first_ts = least(sensors.first_ts, excluded.first_ts),
-    last_ts = greatest(sensors.last_ts, excluded.last_ts),
-    chunks = sensors.chunks + excluded.chunks,
-    frames = sensors.frames + excluded.frames,
-    last_seq = greatest(sensors.last_seq, excluded.last_seq),
-    last_received_at = greatest(sensors.last_received_at, excluded.last_received_at)
 """
-
-
-@dataclass(slots=True)
-class _Span:
-    """Frames a batch added for one sensor (or one chunk) and the instants they cover."""
-
-    sensor_id: str
-    frames: int
-    first_us: int | None
-    last_us: int | None
 
 
 def _encode_us(us: int) -> tuple[int]:
@@ -90,9 +71,11 @@ def _decode_us(value: tuple[int]) -> int:
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
-    """Pool ``init``: integer-microsecond timestamps and the staging tables."""
-    if not await conn.fetchval("SELECT to_regclass('sensors') IS NOT NULL"):
-        raise SchemaMissing("the database has no soundstream schema: run `soundstream migrate`")
+    """Pool ``init``: integer-microsecond timestamps and the staging table."""
+    if not await conn.fetchval("SELECT to_regclass('chunk_frames') IS NOT NULL"):
+        raise SchemaMissing(
+            "the database has no soundstream schema or an old one: run `soundstream migrate`"
+        )
     await conn.set_type_codec(
         "timestamptz",
         schema="pg_catalog",
@@ -111,22 +94,17 @@ def chunk_rows(batch: Sequence[Extracted]) -> list[tuple[Any, ...]]:
             ns_to_us(e.start_ns),
             e.sample_rate,
             e.n_samples,
-            len(e.features),
+            e.frames.n_frames,
             e.received_us,
+            e.frames.first_us,
+            e.frames.last_us,
         )
         for e in batch
     ]
 
 
-async def write_batch(
-    conn: asyncpg.Connection, batch: Sequence[Extracted], hop: int
-) -> tuple[int, int]:
-    """Commit a batch; return (new chunks, new frames). Everything or nothing.
-
-    Chunks go first; the frames of the chunks that were new then COPY straight into
-    ``frames``: nothing else can hold their keys, unless two chunks of one sensor
-    overlap in time, and then a slower path keeps the frames stored first.
-    """
+async def write_batch(conn: asyncpg.Connection, batch: Sequence[Extracted]) -> tuple[int, int]:
+    """Commit a batch; return (new chunks, new frames). Everything or nothing."""
     async with conn.transaction():
         await conn.copy_records_to_table(
             "chunks_in", records=chunk_rows(batch), columns=CHUNK_COLUMNS
@@ -138,24 +116,12 @@ async def write_batch(
             if (e.sensor_id, e.seq) in new:
                 first.setdefault((e.sensor_id, e.seq), e)
         fresh = list(first.values())
-        spans = await _insert_frames(conn, fresh, hop)
+        rows = [e.frames.row for e in fresh if e.frames.n_frames]
+        if rows:
+            await _copy(conn, "chunk_frames", b"".join(pgcopy.stream(rows)))
         if fresh:
-            await conn.execute(_SUMMARY, *_summary(fresh, spans))
-    return len(fresh), sum(span.frames for span in spans)
-
-
-async def _insert_frames(conn: asyncpg.Connection, fresh: list[Extracted], hop: int) -> list[_Span]:
-    timed = [(e, e.frame_times_us(hop)) for e in fresh if len(e.features)]
-    if not timed:
-        return []
-    data = b"".join(pgcopy.encode(timed))
-    try:
-        async with conn.transaction():  # a savepoint: a clash undoes only this COPY
-            await _copy(conn, "frames", data)
-    except asyncpg.UniqueViolationError:
-        await _copy(conn, "frames_in", data)
-        return [_Span(*row) for row in await conn.fetch(_MOVE_FRAMES)]
-    return [_Span(e.sensor_id, len(times), int(times[0]), int(times[-1])) for e, times in timed]
+            await conn.execute(_DELTAS, *_deltas(fresh), _longest_us(fresh))
+    return len(fresh), sum(e.frames.n_frames for e in fresh)
 
 
 async def _copy(conn: asyncpg.Connection, table: str, data: bytes) -> None:
@@ -165,18 +131,26 @@ async def _copy(conn: asyncpg.Connection, table: str, data: bytes) -> None:
     await conn.copy_to_table(table, source=once(), columns=pgcopy.COLUMNS, format="binary")
 
 
-def _summary(fresh: list[Extracted], spans: list[_Span]) -> tuple[list[Any], ...]:
-    """Per-sensor columns for ``_SUMMARY``: what this batch adds to each sensor."""
+def _longest_us(fresh: list[Extracted]) -> int:
+    return max(
+        (e.frames.last_us - e.frames.first_us)
+        if e.frames.first_us is not None and e.frames.last_us is not None
+        else 0
+        for e in fresh
+    )
+
+
+def _deltas(fresh: list[Extracted]) -> tuple[list[Any], ...]:
+    """Per-sensor columns for ``_DELTAS``: what this batch adds to each sensor."""
     rows: dict[str, list[Any]] = {}
     for e in fresh:
         row = rows.setdefault(e.sensor_id, [e.sensor_id, None, None, 0, 0, e.seq, e.received_us])
         row[3] += 1
+        row[4] += e.frames.n_frames
         row[5] = max(row[5], e.seq)
         row[6] = max(row[6], e.received_us)
-    for span in spans:
-        row = rows[span.sensor_id]
-        row[4] += span.frames
-        if span.first_us is not None and span.last_us is not None:
-            row[1] = span.first_us if row[1] is None else min(row[1], span.first_us)
-            row[2] = span.last_us if row[2] is None else max(row[2], span.last_us)
+        first, last = e.frames.first_us, e.frames.last_us
+        if first is not None and last is not None:
+            row[1] = first if row[1] is None else min(row[1], first)
+            row[2] = last if row[2] is None else max(row[2], last)
     return tuple(list(column) for column in zip(*rows.values(), strict=True))

@@ -96,11 +96,42 @@ def expected_frame(i: int, fields: list[str] | None = None) -> dict[str, Any]:
     return frame
 
 
+# Frames given one per row (the columns of the ``frames`` view), stored the way the
+# writer stores them: one ``chunk_frames`` row per seq.
+_STAGE = """
+CREATE TEMP TABLE frames_in (
+    sensor_id text, ts timestamptz, seq bigint, rms real, zcr real, centroid real,
+    bandwidth real, rolloff real, flatness real, dominant_hz real, mel real[], mfcc real[]
+) ON COMMIT DROP
+"""
+_AS_CHUNKS = """
+INSERT INTO chunk_frames
+SELECT sensor_id, min(ts), seq, max(ts), $1::timestamptz, count(*), array_agg(ts ORDER BY ts),
+       array_agg(rms ORDER BY ts), array_agg(zcr ORDER BY ts), array_agg(centroid ORDER BY ts),
+       array_agg(bandwidth ORDER BY ts), array_agg(rolloff ORDER BY ts),
+       array_agg(flatness ORDER BY ts), array_agg(dominant_hz ORDER BY ts),
+       array_concat_agg(mel ORDER BY ts), array_concat_agg(mfcc ORDER BY ts)
+FROM frames_in GROUP BY sensor_id, seq;
+"""
+_SPAN = """
+UPDATE frame_span
+SET longest = greatest(longest, (SELECT max(last_ts - start_ts) FROM chunk_frames))
+"""
+
+
+async def insert_frames(pool: asyncpg.Pool, rows_sql: str, *args: Any) -> None:
+    """Store the frames ``rows_sql`` (a SELECT or VALUES) gives."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_STAGE)
+        await conn.execute(f"INSERT INTO frames_in {rows_sql}", *args)
+        await conn.execute(_AS_CHUNKS, T0)
+        await conn.execute(_SPAN)
+
+
 async def add_frames(pool: asyncpg.Pool, sensor_id: str, count: int) -> None:
-    await pool.execute(
+    await insert_frames(
+        pool,
         """
-        INSERT INTO frames (sensor_id, ts, seq, rms, zcr, centroid, bandwidth, rolloff,
-                            flatness, dominant_hz, mel, mfcc)
         SELECT $1, $2::timestamptz + i * $3::interval, i / 31, i / 4.0, 0.5, 1000 + i, 200,
                3000, 0.125, 440,
                ARRAY(SELECT (i + k / 4.0)::real FROM generate_series(0, 31) AS k),
@@ -238,9 +269,10 @@ async def test_features_are_the_exact_rows(pool: asyncpg.Pool, client: httpx.Asy
 async def test_features_render_reals_at_their_own_precision(
     pool: asyncpg.Pool, client: httpx.AsyncClient
 ) -> None:
-    await pool.execute(
-        """INSERT INTO frames VALUES ('mic-1', $1, 0, 0.1234, 0.1, 1e-7, 3.4e38, 1, 1, 1,
-                                      '{0.3}', '{-0.7}')""",
+    await insert_frames(
+        pool,
+        """VALUES ('mic-1', $1::timestamptz, 0, 0.1234, 0.1, 1e-7, 3.4e38, 1, 1, 1,
+                   '{0.3}'::real[], '{-0.7}'::real[])""",
         T0,
     )
     answer = await client.get(
@@ -333,8 +365,10 @@ async def test_ndjson_pages_link_to_the_next(pool: asyncpg.Pool, client: httpx.A
 async def test_csv(pool: asyncpg.Pool, client: httpx.AsyncClient) -> None:
     await add_frames(pool, "mic-1", 3)
     # A frame stored with fewer mel bands than configured gets empty cells.
-    await pool.execute(
-        "INSERT INTO frames VALUES ('mic-1', $1, 9, 1, 1, 1, 1, 1, 1, 1, '{0.5,1.5}', '{}')",
+    await insert_frames(
+        pool,
+        """VALUES ('mic-1', $1::timestamptz, 9, 1, 1, 1, 1, 1, 1, 1,
+                   '{0.5,1.5}'::real[], '{}'::real[])""",
         ts(3),
     )
     answer = await client.get(

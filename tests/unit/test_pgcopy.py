@@ -8,20 +8,23 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from soundstream.core.fields import Features
-from soundstream.core.records import Extracted, frame_times_us
+from soundstream.core.fields import SCALARS, Features
+from soundstream.core.records import Encoded, Job, frame_times_us
 from soundstream.store import pgcopy
 
 
-def extracted(sensor: str, n: int, n_mels: int = 3, n_mfcc: int = 2) -> Extracted:
+def features(n: int, n_mels: int = 3, n_mfcc: int = 2) -> Features:
     rng = np.random.default_rng(n)
     col = lambda: rng.standard_normal(n).astype(np.float32)  # noqa: E731
-    features = Features(
-        *(col() for _ in pgcopy.SCALARS),
+    return Features(
+        *(col() for _ in SCALARS),
         mel=rng.standard_normal((n, n_mels)).astype(np.float32),
         mfcc=rng.standard_normal((n, n_mfcc)).astype(np.float32),
     )
-    return Extracted(1, sensor, 42, 1_767_225_600_123_456_789, 16000, 0, 0, features)
+
+
+def job(sensor: str) -> Job:
+    return Job(np.zeros(0, np.float32), 16000, sensor, 42, 1_767_225_600_123_456_789, 17)
 
 
 def decode(data: bytes) -> list[list[object]]:
@@ -54,23 +57,51 @@ def real_array(raw: bytes) -> list[float]:
     return values
 
 
+def int8_array(raw: bytes) -> list[int]:
+    ndim, nulls, oid, size, lower = struct.unpack_from(">5i", raw)
+    assert (ndim, nulls, oid, lower) == (1, 0, 1184, 1)
+    values = []
+    for i in range(size):
+        length, value = struct.unpack_from(">iq", raw, 20 + 12 * i)
+        assert length == 8
+        values.append(value)
+    return values
+
+
 @given(st.integers(0, 20), st.text("abcXYZ019._-", min_size=1, max_size=64))
-def test_rows_decode_to_the_features(n: int, sensor: str) -> None:
-    e = extracted(sensor, n)
-    times_us = frame_times_us(e.start_ns, n, 512, 16000)
-    rows = decode(b"".join(pgcopy.encode([(e, times_us), (e, times_us)])))
-    assert len(rows) == 2 * n
-    times = times_us - pgcopy.PG_EPOCH_US
-    for i, row in enumerate(rows[:n]):
-        assert len(row) == len(pgcopy.COLUMNS)
-        assert row[0] == sensor.encode()
-        assert struct.unpack(">q", row[1])[0] == times[i]
-        assert struct.unpack(">q", row[2])[0] == 42
-        for k, name in enumerate(pgcopy.SCALARS):
-            assert struct.unpack(">f", row[3 + k])[0] == getattr(e.features, name)[i]
-        assert real_array(row[10]) == e.features.mel[i].tolist()
-        assert real_array(row[11]) == e.features.mfcc[i].tolist()
+def test_a_chunk_row_decodes_to_its_features(n: int, sensor: str) -> None:
+    f = features(n)
+    encoded = pgcopy.chunk_row(job(sensor), 512, f)
+    assert encoded.n_frames == n
+    if not n:
+        assert encoded == Encoded(0, None, None, b"")
+        return
+    times = frame_times_us(1_767_225_600_123_456_789, n, 512, 16000)
+    assert (encoded.first_us, encoded.last_us) == (times[0], times[-1])
+    rows = decode(b"".join(pgcopy.stream([encoded.row, encoded.row])))
+    assert len(rows) == 2
+    row = rows[0]
+    assert len(row) == len(pgcopy.COLUMNS)
+    values = dict(zip(pgcopy.COLUMNS, row, strict=True))
+    assert values["sensor_id"] == sensor.encode()
+    pg_us = lambda raw: struct.unpack(">q", raw)[0] + pgcopy.PG_EPOCH_US  # noqa: E731
+    assert pg_us(values["start_ts"]) == times[0] and pg_us(values["last_ts"]) == times[-1]
+    assert pg_us(values["received_at"]) == 17
+    assert struct.unpack(">q", values["seq"])[0] == 42
+    assert struct.unpack(">i", values["n_frames"])[0] == n
+    assert [v + pgcopy.PG_EPOCH_US for v in int8_array(values["ts"])] == times.tolist()
+    for name in SCALARS:
+        assert real_array(values[name]) == getattr(f, name).tolist()
+    assert real_array(values["mel"]) == f.mel.reshape(-1).tolist()
+    assert real_array(values["mfcc"]) == f.mfcc.reshape(-1).tolist()
 
 
-def test_an_empty_batch_is_a_valid_stream() -> None:
-    assert decode(b"".join(pgcopy.encode([]))) == []
+def test_an_empty_stream_is_valid() -> None:
+    assert decode(b"".join(pgcopy.stream([]))) == []
+
+
+@given(st.lists(st.floats(width=32, allow_nan=False), max_size=50))
+def test_reals_read_back(values: list[float]) -> None:
+    array = np.array(values, np.float32)
+    raw = pgcopy._array(array, pgcopy._FLOAT4, pgcopy.FLOAT4_OID)[4:]  # without the length word
+    np.testing.assert_array_equal(pgcopy.decode_reals(raw), array)
