@@ -38,19 +38,14 @@ class Settle:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """What a pool worker needs of one chunk: its samples and what names its row."""
+    """What a pool worker needs of one chunk: the chunk and when it was received."""
 
-    samples: np.ndarray
-    sample_rate: int
-    sensor_id: str
-    seq: int
-    start_ns: int
+    chunk: Chunk  # its samples still as they came: the worker converts them
     received_us: int
 
     @classmethod
     def of(cls, delivery: Delivery) -> Job:
-        c = delivery.chunk
-        return cls(c.samples, c.sample_rate, c.sensor_id, c.seq, c.start_ns, delivery.received_us)
+        return cls(delivery.chunk, delivery.received_us)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +81,7 @@ class Extracted:
             chunk.seq,
             chunk.start_ns,
             chunk.sample_rate,
-            len(chunk.samples),
+            chunk.n_samples,
             delivery.received_us,
             frames,
         )

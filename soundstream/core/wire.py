@@ -40,13 +40,28 @@ _ABSENT = object()
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """One message's audio: mono float32 samples and where they sit in time."""
+    """One message's audio and where it sits in time.
+
+    ``pcm`` is the samples as they came, interleaved over ``channels``: int16 (s16le)
+    or float32, a view of the message body, validated but not converted; ``samples``
+    converts (in the pool worker, not in the process that received the message).
+    """
 
     sensor_id: str
     seq: int
     start_ns: int
     sample_rate: int
-    samples: np.ndarray
+    pcm: np.ndarray
+    channels: int = 1
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.pcm) // self.channels
+
+    @property
+    def samples(self) -> np.ndarray:
+        """Mono float32 in [-1, 1]."""
+        return mono(self.pcm, self.channels)
 
 
 def valid_sensor_id(value: object) -> bool:
@@ -117,14 +132,21 @@ def decode(
             f"content_type must be {PCM} or {WAV}, got {short_repr(content_type or '')}"
         )
 
-    samples = to_mono(data, ENCODINGS[encoding], channels)
+    pcm = interleaved(data, ENCODINGS[encoding], channels)
+    n_samples = len(pcm) // channels
     # Python ints, so the sum itself cannot wrap; the chunk ends ceil(n / rate) s later.
-    end_ns = start_ns + -(-len(samples) * NS_PER_S // rate)
+    end_ns = start_ns + -(-n_samples * NS_PER_S // rate)
     if end_ns > INT64_MAX:
         raise Malformed(
             f"frame times overflow int64 nanoseconds: start_ns {start_ns} plus "
-            f"{len(samples)} samples at {rate} Hz"
+            f"{n_samples} samples at {rate} Hz"
         )
+    _check_names(sensor_id, seq, routing_key, message_id)
+    return Chunk(sensor_id, seq, start_ns, rate, pcm, channels)
+
+
+def _check_names(sensor_id: str, seq: int, routing_key: object, message_id: object) -> None:
+    """The routing key and the message id, where given, must name this chunk."""
     if routing_key is not None:
         if not isinstance(routing_key, str):
             raise Malformed(f"routing key must be a string, got {field_kind(routing_key)}")
@@ -135,35 +157,44 @@ def decode(
             raise Malformed(f"message_id must be a string, got {field_kind(message_id)}")
         if message_id and message_id != f"{sensor_id}:{seq}":
             raise Malformed(f"message_id {short_repr(message_id)} is not '{sensor_id}:{seq}'")
-    return Chunk(sensor_id, seq, start_ns, rate, samples)
 
 
-def to_frames(data: bytes | memoryview, dtype: np.dtype[Any], channels: int) -> np.ndarray:
-    """Interleaved little-endian samples -> float32 in [-1, 1], (frames, channels)."""
+def interleaved(data: bytes | memoryview, dtype: np.dtype[Any], channels: int) -> np.ndarray:
+    """Validated interleaved little-endian samples, as they are: an array over
+    ``data`` (bytes: a copy of a view of a larger body, so the chunk pickles alone)."""
     frame_bytes = dtype.itemsize * channels
     if len(data) % frame_bytes:
         raise Malformed(
             f"body length {len(data)} is not a whole number of {channels}-channel "
             f"{dtype.itemsize * 8}-bit samples"
         )
-    raw = np.frombuffer(data, dtype=dtype)
-    if dtype.kind == "i":
+    raw = np.frombuffer(data if isinstance(data, bytes) else bytes(data), dtype=dtype)
+    if dtype.kind == "f" and not np.isfinite(raw).all():
+        raise Malformed("samples contain NaN or Inf")
+    return raw
+
+
+def to_float(pcm: np.ndarray) -> np.ndarray:
+    """int16 or float32 samples -> float32 in [-1, 1]."""
+    if pcm.dtype.kind == "i":
         # Dividing by a power of two is exact in float32.
-        samples = raw.astype(np.float32) * np.float32(1.0 / 32768.0)
-    else:
-        samples = raw.astype(np.float32)
-        if not np.isfinite(samples).all():
-            raise Malformed("samples contain NaN or Inf")
-    return samples.reshape(-1, channels)
+        return pcm.astype(np.float32) * np.float32(1.0 / 32768.0)
+    return pcm.astype(np.float32)
 
 
-def to_mono(data: bytes | memoryview, dtype: np.dtype[Any], channels: int) -> np.ndarray:
-    """Interleaved little-endian samples -> mono float32 in [-1, 1]."""
-    frames = to_frames(data, dtype, channels)
+def mono(pcm: np.ndarray, channels: int) -> np.ndarray:
+    """Interleaved samples -> mono float32: stereo is averaged."""
+    samples = to_float(pcm)
     if channels == 2:
-        mono: np.ndarray = (frames[:, 0] + frames[:, 1]) * np.float32(0.5)
-        return mono
-    return frames[:, 0]
+        frames = samples.reshape(-1, 2)
+        averaged: np.ndarray = (frames[:, 0] + frames[:, 1]) * np.float32(0.5)
+        return averaged
+    return samples
+
+
+def to_frames(data: bytes | memoryview, dtype: np.dtype[Any], channels: int) -> np.ndarray:
+    """Interleaved little-endian samples -> float32 in [-1, 1], (frames, channels)."""
+    return to_float(interleaved(data, dtype, channels)).reshape(-1, channels)
 
 
 def _str_header(headers: Mapping[Any, Any], name: str) -> str:

@@ -37,6 +37,7 @@ from soundstream.core import wire
 from soundstream.core.records import Delivery, Settle
 from soundstream.errors import Malformed, TopologyMismatch
 from soundstream.failures import unavailable
+from soundstream.ingest.acks import Unsettled
 from soundstream.ingest.deadcopy import dead_letter_headers
 from soundstream.ingest.flow import Flow
 from soundstream.status import Status
@@ -175,6 +176,7 @@ class _Subscription:
         )
         self.fresh = anyio.Event()
         self.tag = ""
+        self.unsettled = Unsettled()
 
     async def start(self) -> None:
         window = 1 if self.cautious else self.prefetch
@@ -189,6 +191,8 @@ class _Subscription:
 
     async def _on_message(self, message: DeliveredMessage) -> None:
         self.flow.held += 1
+        assert message.delivery_tag is not None
+        self.unsettled.add(message.delivery_tag)
         if not message.redelivered:
             self.fresh.set()
         try:
@@ -196,6 +200,7 @@ class _Subscription:
         except anyio.ClosedResourceError:
             # Draining: the message stays unacked, so the broker redelivers it.
             self.flow.held -= 1
+            self.unsettled.discard(message.delivery_tag)
 
     async def widen(self) -> None:
         """Past what earlier runs held (a message not delivered before): back to the
@@ -223,6 +228,7 @@ class _Subscription:
         try:
             chunk = decode(message, self.settings)
         except Malformed as exc:
+            self.unsettled.discard(tag)
             if await _dead_letter(self.dead_channel, message, exc.reason, self.settings):
                 await self.channel.basic_ack(tag)
             else:
@@ -233,13 +239,29 @@ class _Subscription:
         await outbox.send(Delivery(tag, chunk, time.time_ns() // 1000))
 
     async def settle(self, settles: MemoryObjectReceiveStream[Settle], done: anyio.Event) -> None:
+        """Settle deliveries as they are reported, whatever is waiting at once: the
+        returns one by one, the acks as one ``multiple`` ack where the tags allow."""
         async with settles:
-            async for settle in settles:
-                if settle.requeue:
-                    await self.channel.basic_nack(settle.tag, requeue=True)
-                else:
-                    await self.channel.basic_ack(settle.tag)
-                self.flow.held -= 1
+            async for first in settles:
+                batch = [first]
+                while True:
+                    try:
+                        batch.append(settles.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                acks = []
+                for settle in batch:
+                    if settle.requeue:
+                        self.unsettled.discard(settle.tag)
+                        await self.channel.basic_nack(settle.tag, requeue=True)
+                    else:
+                        acks.append(settle.tag)
+                upto, singles = self.unsettled.ack(acks)
+                if upto is not None:
+                    await self.channel.basic_ack(upto, multiple=True)
+                for tag in singles:
+                    await self.channel.basic_ack(tag)
+                self.flow.held -= len(batch)
         done.set()
 
 

@@ -64,18 +64,18 @@ async def run(
         async with outbox, returns, anyio.create_task_group() as tg, inbox:
             async for first in inbox:
                 batch = [first]
-                samples = len(first.chunk.samples)
+                samples = first.chunk.n_samples
                 while len(batch) < settings.chunks_per_task:
                     try:
                         item = inbox.receive_nowait()
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                    if samples + len(item.chunk.samples) > TASK_MAX_SAMPLES:
+                    if samples + item.chunk.n_samples > TASK_MAX_SAMPLES:
                         await in_flight.acquire()
                         tg.start_soon(extract, batch)
                         batch, samples = [], 0
                     batch.append(item)
-                    samples += len(item.chunk.samples)
+                    samples += item.chunk.n_samples
                 await in_flight.acquire()
                 tg.start_soon(extract, batch)
     finally:
@@ -120,7 +120,7 @@ def _log_failed(delivery: Delivery, exc: BaseException) -> None:
         "chunk_extraction_failed",
         sensor_id=chunk.sensor_id,
         seq=chunk.seq,
-        samples=len(chunk.samples),
+        samples=chunk.n_samples,
         error=describe(exc) or type(exc).__name__,
         detail="returned to the queue; the broker dead-letters it at the delivery limit",
     )

@@ -1,6 +1,7 @@
 """What runs in each spawned extraction process: its start-up, and its task.
 
-A task takes chunks' samples and returns each chunk's ``chunk_frames`` row ready
+A task takes chunks' samples as they came (s16le stays 2 bytes a sample on the way),
+converts them, and returns each chunk's ``chunk_frames`` row ready
 for COPY, so what crosses back to the main process is bytes, not arrays, and the
 main process never computes frame times or encodes a frame.
 
@@ -35,5 +36,5 @@ def init(params: FeatureParams, memory_mb: int = 0) -> None:
 
 def encode_many(params: FeatureParams, jobs: list[Job]) -> list[Encoded]:
     """Each job's features, encoded as its row."""
-    features = extract_many(params, [(job.samples, job.sample_rate) for job in jobs])
+    features = extract_many(params, [(job.chunk.samples, job.chunk.sample_rate) for job in jobs])
     return [chunk_row(job, params.hop, f) for job, f in zip(jobs, features, strict=True)]

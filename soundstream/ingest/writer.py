@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
+import anyio.lowlevel
 import asyncpg
 import structlog
 from anyio.abc import TaskStatus
@@ -50,8 +51,19 @@ async def run(
             await _commit(pool, batch, settings, status)
             flow.handed -= len(batch)
             flow.committed += len(batch)
+            # All at once, so that the consumer can ack them together.
             for item in batch:
-                await acks.send(Settle(item.tag))
+                await _report(acks, Settle(item.tag))
+            await anyio.lowlevel.checkpoint()
+
+
+async def _report(acks: MemoryObjectSendStream[Settle], settle: Settle) -> None:
+    """Hand a settlement over without yielding (the stream holds one per delivery
+    the broker can have out, so it has room; if not, wait)."""
+    try:
+        acks.send_nowait(settle)
+    except anyio.WouldBlock:
+        await acks.send(settle)
 
 
 async def _collect(

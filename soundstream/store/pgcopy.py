@@ -59,14 +59,15 @@ def chunk_row(job: Job, hop: int, features: Features) -> Encoded:
     n = len(features)
     if not n:
         return Encoded(0, None, None, b"")
-    times = frame_times_us(job.start_ns, n, hop, job.sample_rate)
+    chunk = job.chunk
+    times = frame_times_us(chunk.start_ns, n, hop, chunk.sample_rate)
     first, last = int(times[0]), int(times[-1])
-    sensor = job.sensor_id.encode("ascii")  # sensor ids are ASCII by the wire format
+    sensor = chunk.sensor_id.encode("ascii")  # sensor ids are ASCII by the wire format
     parts = [
         struct.pack(">hi", len(COLUMNS), len(sensor)),
         sensor,
         _timestamp(first),
-        struct.pack(">iq", 8, job.seq),
+        struct.pack(">iq", 8, chunk.seq),
         _timestamp(last),
         _timestamp(job.received_us),
         struct.pack(">ii", 4, n),

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from soundstream.core.fields import SCALARS, Features
 from soundstream.core.records import Encoded, Job, frame_times_us
+from soundstream.core.wire import Chunk
 from soundstream.store import pgcopy
 
 
@@ -24,7 +25,7 @@ def features(n: int, n_mels: int = 3, n_mfcc: int = 2) -> Features:
 
 
 def job(sensor: str) -> Job:
-    return Job(np.zeros(0, np.float32), 16000, sensor, 42, 1_767_225_600_123_456_789, 17)
+    return Job(Chunk(sensor, 42, 1_767_225_600_123_456_789, 16000, np.zeros(0, np.float32)), 17)
 
 
 def decode(data: bytes) -> list[list[object]]:
