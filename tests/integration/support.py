@@ -150,11 +150,12 @@ async def publish_series(
     *,
     seconds: float = 0.5,
     rate: int = 16000,
+    start_ns: int = START_NS,
 ) -> None:
     """Consecutive chunks of one sensor: chunk ``seq`` starts ``seq * seconds`` in."""
     for seq in seqs:
         samples = tone(seconds, rate, seed=seq)
-        start = START_NS + round(seq * seconds * 1e9)
+        start = start_ns + round(seq * seconds * 1e9)
         await publish_pcm(ch, exchange, sensor_id, seq, samples, rate, start_ns=start)
 
 
