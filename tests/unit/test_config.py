@@ -37,12 +37,13 @@ def test_values_are_parsed() -> None:
             "SOUNDSTREAM_API_KEYS": "k" * 16 + ", " + "j" * 20,
             "SOUNDSTREAM_AMQP_URL": "amqps://u:p@broker:5671/vh",
             "SOUNDSTREAM_ROLLOFF": "0.9",
+            "SOUNDSTREAM_RETENTION_DAYS": "30",
         }
     )
     assert s.http_port == 9000 and s.roles == {"api"} and s.n_fft == 2048
     assert s.api_keys == ("k" * 16, "j" * 20)
     assert s.ingest is False and s.api is True
-    assert s.rolloff == 0.9
+    assert s.rolloff == 0.9 and s.retention_days == 30
 
 
 def test_settings_are_frozen() -> None:
@@ -67,6 +68,8 @@ BAD = [
     ("SOUNDSTREAM_HTTP_HOST", "a b", "host name"),
     ("SOUNDSTREAM_QUEUE", "", "non-empty"),
     ("SOUNDSTREAM_WORKERS", "0", "between 1"),
+    ("SOUNDSTREAM_RETENTION_DAYS", "-1", "between 0"),
+    ("SOUNDSTREAM_RETENTION_DAYS", "7d", "must be an integer"),
 ]
 
 
