@@ -7,8 +7,8 @@ fixed seed) are extracted ``--repeats`` times over, the two sides taking turns o
 pass over the chunks at a time, by
 
 - ours: ``soundstream.features.extract_many(params, [(chunk, rate)])``, as the pool
-  worker calls it, after ``warm_up`` and one untimed pass (plans built, banks
-  cached);
+  worker calls it, after ``warm_up`` and one untimed pass (kernels compiled or
+  loaded from numba's cache, plans built, banks cached);
 - librosa: one librosa call per feature with ``center=False``, each computing its
   own STFT as a user of librosa would (rms, zero_crossing_rate, spectral_centroid,
   spectral_bandwidth, spectral_rolloff, spectral_flatness, an argmax over
@@ -59,6 +59,7 @@ _pin(ARGS.cpu)
 
 import dataclasses  # noqa: E402
 import hashlib  # noqa: E402
+import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -81,6 +82,7 @@ from soundstream.core.fields import (  # noqa: E402
 )
 
 RESULTS = Path(__file__).parent / "results"
+KERNELS = Path(features.__file__).with_name("kernels.py")
 Samples = npt.NDArray[np.float32]
 
 
@@ -258,6 +260,9 @@ def main() -> None:
                 # (PYTHONPATH) says so here.
                 "features_py": features.__file__,
                 "features_sha1": hashlib.sha1(Path(features.__file__).read_bytes()).hexdigest(),
+                # The arithmetic itself lives in the numba kernels next to it.
+                "kernels_sha1": hashlib.sha1(KERNELS.read_bytes()).hexdigest(),
+                "numba": importlib.metadata.version("numba"),
                 "rows": rows,
             },
             indent=2,

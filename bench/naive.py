@@ -5,7 +5,7 @@
 One asyncio process, one AMQP channel (prefetch ``NAIVE_PREFETCH``, default 100) and one
 PostgreSQL connection. Messages are handled one at a time, in delivery order: decode
 with ``soundstream.ingest.consumer.decode`` (the service's validation), compute the
-same features in this process with ``soundstream.core.features.Extractor`` (no pool),
+same features in this process with numpy (``bench/numpy_features.py``, no pool),
 then in one transaction insert the chunk into the service's ``chunks`` table (``ON
 CONFLICT DO NOTHING``), and only if it was new its frames (one ``executemany`` INSERT
 into its own one-row-per-frame table ``naive_frames``, ``ON CONFLICT DO NOTHING``) and
@@ -28,10 +28,10 @@ from typing import Any
 import aiormq
 import asyncpg
 from aiormq.abc import DeliveredMessage
+from numpy_features import Extractor
 
 from soundstream import config
 from soundstream.config import Settings
-from soundstream.core.features import Extractor
 from soundstream.core.records import frame_times_us, ns_to_us
 from soundstream.errors import Malformed
 from soundstream.ingest import consumer

@@ -23,7 +23,7 @@ PREFIX = "SOUNDSTREAM_"
 # deployment may lower it.
 MAX_BODY_KB = 8 * 1024
 # A spawned, warmed-up worker maps about 215 MB before it extracts anything.
-MIN_WORKER_MEMORY_MB = 256
+MIN_WORKER_MEMORY_MB = 16  # a 1 s 48 kHz stereo chunk takes about 2 MB
 # AMQP's prefetch-count is a 16-bit field.
 MAX_PREFETCH = 65535
 ROLES = frozenset({"ingest", "api"})
@@ -94,7 +94,7 @@ class Settings:
     chunks_per_task: int = 8
     batch_max_chunks: int = 64
     batch_max_frames: int = 4000
-    batch_max_wait_ms: int = 200
+    batch_max_wait_ms: int = 100
     prefetch: int = 0  # 0: derived from the batch and pool sizes, see ``effective_prefetch``
     db_pool_size: int = 4
     retention_days: int = 0  # 0: keep everything
@@ -302,7 +302,7 @@ def _check_together(s: Settings) -> None:
     if s.worker_memory_mb and s.worker_memory_mb < MIN_WORKER_MEMORY_MB:
         raise SettingsError(
             variable("worker_memory_mb"),
-            f"must be 0 (no limit) or at least {MIN_WORKER_MEMORY_MB} (a started worker's size)",
+            f"must be 0 (no limit) or at least {MIN_WORKER_MEMORY_MB}",
         )
     if s.prefetch and s.prefetch < s.batch_max_chunks:
         raise SettingsError(

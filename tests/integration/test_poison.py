@@ -46,14 +46,14 @@ class NanosecondTimestamp(datetime.datetime):
 async def test_poison_messages_end_in_the_dead_queue_with_x_death(
     topology: config.Settings,
 ) -> None:
-    s = config.replace(topology, delivery_limit=3, worker_memory_mb=256, max_restarts=0)
+    s = config.replace(topology, delivery_limit=3, worker_memory_mb=16, max_restarts=0)
     async with running(s) as service, channel(s.amqp_url) as ch:
 
         async def dead_letters(n: int) -> bool:
             return await queue_depth(ch, s.dead_queue) == n
 
-        # 8 MiB of s16le at 8 kHz: a worker started in 215 MB of address space cannot
-        # extract it within 256 MB (it dies, or raises MemoryError), wherever it goes.
+        # 8 MiB of s16le at 8 kHz: its float samples alone are 16 MiB, more than a
+        # worker may allocate beyond its start-up size here (MemoryError), wherever it goes.
         await publish_series(ch, s.audio_exchange, "good", range(0, 3))
         huge = np.zeros(4 * 1024 * 1024, dtype=np.float32)
         await publish_pcm(ch, s.audio_exchange, "huge", 0, huge, 8000)

@@ -174,7 +174,7 @@ def test_workers_default_to_the_cpus_the_process_may_use(
         ("SOUNDSTREAM_DELIVERY_LIMIT", "0"),
         ("SOUNDSTREAM_MAX_HELD_MB", "8"),
         ("SOUNDSTREAM_MAX_BODY_KB", "8193"),
-        ("SOUNDSTREAM_WORKER_MEMORY_MB", "100"),
+        ("SOUNDSTREAM_WORKER_MEMORY_MB", "8"),
         ("SOUNDSTREAM_DEAD_LETTER_TIMEOUT_S", "0"),
     ],
 )

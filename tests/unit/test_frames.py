@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -138,3 +140,61 @@ def test_plan_cache_is_bounded() -> None:
         extract(noise(64 * n_frames), 8000)
     assert 1 <= len(extract._plans) <= 8
     assert next(reversed(extract._plans)) == 19
+
+
+def test_any_sample_layout_runs_the_compiled_kernels() -> None:
+    # Read-only, unaligned, byte-swapped, strided or float64 samples all reach the
+    # kernels as the one signature they were compiled for: none compiles anew.
+    from soundstream.core import kernels
+
+    p = FeatureParams()
+    extract = extractor_for(p)
+    x = noise(16_000, 10)
+    want = extract(x, 16_000)
+    readonly = x.copy()
+    readonly.flags.writeable = False
+    unaligned = np.frombuffer(b"\0" + x.tobytes(), dtype=np.float32, offset=1)
+    assert not unaligned.flags.aligned
+    strided = np.repeat(x, 2)[::2]
+    for samples in (readonly, unaligned, x.astype(">f4"), strided, x.astype(np.float64)):
+        assert_same(extract(samples, 16_000), want)
+    assert len(kernels.frames.signatures) == 1
+    assert len(kernels.spectral.signatures) == 1
+
+
+def _python(code: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
+    ).stdout
+
+
+def test_importing_features_leaves_numba_out() -> None:
+    # The main process imports this module for the pool's task functions only.
+    code = "import sys, soundstream.core.features; print('numba' in sys.modules)"
+    assert _python(code).split() == ["False"]
+
+
+def test_kernels_compile_where_numba_cannot_cache(tmp_path: Path) -> None:
+    # No cache locator at all is what numba finds when neither NUMBA_CACHE_DIR, the
+    # package's __pycache__ nor the user's cache directory is writable.
+    p = FeatureParams()
+    x = noise(16_000, 11)
+    np.save(tmp_path / "x.npy", x)
+    code = f"""
+import numpy as np
+from numba.core import caching
+(getattr(caching, 'CacheImpl', None) or caching._CacheImpl)._locator_classes = []
+from soundstream.core import features, kernels
+from soundstream.core.fields import FeatureParams
+print(type(kernels.spectral._cache).__name__)
+f = features.extractor_for(FeatureParams())(np.load({str(tmp_path / "x.npy")!r}), 16000)
+np.savez({str(tmp_path / "f.npz")!r}, **{{name: getattr(f, name) for name in {FIELDS!r}}})
+"""
+    assert _python(code).split() == ["NullCache"]
+    got = np.load(tmp_path / "f.npz")
+    want = extractor_for(p)(x, 16_000)
+    # Another process measured its own FFTW plans, which may round differently.
+    for name in FIELDS:
+        np.testing.assert_allclose(
+            got[name], getattr(want, name), rtol=1e-5, atol=1e-6, err_msg=name
+        )
