@@ -140,6 +140,12 @@ async def _supervise_ingest(settings: Settings, stop: anyio.Event, status: Statu
     """
     pool = ExtractionPool(settings.workers, settings.features, memory_mb=settings.worker_memory_mb)
     try:
+        status.down(extractor.COMPONENT, "starting workers")
+        started = time.monotonic()
+        await pool.warm()
+        log.info(
+            "workers_started", workers=settings.workers, s=round(time.monotonic() - started, 1)
+        )
         await _restart_loop(settings, stop, status, pool)
     finally:
         with anyio.CancelScope(shield=True):

@@ -147,9 +147,8 @@ class _Sensors:
         following = cursor.encode(sensor_id, start, end, last) if page.more and last else None
         headers = _next_page_headers(request, following)
         if form == "json":
-            frames = formats.frames(page, fields)
-            body = {"sensor_id": sensor_id, "frames": frames, "next": following}
-            return ORJSONResponse(body, headers=headers)
+            body = formats.json_page(page, fields, sensor_id, following)
+            return Response(body, media_type="application/json", headers=headers)
         if form == "ndjson":
             lines = formats.ndjson(page, fields)
             return Response(lines, media_type="application/x-ndjson", headers=headers)

@@ -7,8 +7,7 @@ that reads back as itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import orjson
@@ -20,18 +19,38 @@ from soundstream.store.read import Column, FeaturePage
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
-def frames(page: FeaturePage, fields: Sequence[str]) -> list[dict[str, Any]]:
-    """One dict per frame: ``ts`` first, then the fields in the order asked for."""
-    columns: dict[str, Iterable[Any]] = {"ts": format_micros(page.ts)}
-    for name in fields:
-        columns[name] = page.columns[name]
-    return [
-        dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
-    ]
+def json_page(
+    page: FeaturePage, fields: Sequence[str], sensor_id: str, following: str | None
+) -> bytes:
+    """``{"sensor_id": ..., "frames": [{"ts": ..., <fields>}, ...], "next": ...}``."""
+    head = orjson.dumps({"sensor_id": sensor_id})[:-1]
+    tail = orjson.dumps({"next": following})[1:]
+    return head + b',"frames":[' + b",".join(_objects(page, fields)) + b"]," + tail
 
 
 def ndjson(page: FeaturePage, fields: Sequence[str]) -> bytes:
-    return b"".join(orjson.dumps(frame, option=NUMPY) + b"\n" for frame in frames(page, fields))
+    """One JSON object per frame and line."""
+    return b"".join(line + b"\n" for line in _objects(page, fields))
+
+
+def _objects(page: FeaturePage, fields: Sequence[str]) -> list[bytes]:
+    """Each frame as a JSON object, ``ts`` first, then the fields in the order asked
+    for: every column is printed by one orjson call and cut into its values, so no
+    Python object is made per frame but the bytes of its line."""
+    if not len(page):
+        return []
+    template = b'{"ts":"%s"' + b"".join(b',"' + name.encode() + b'":%s' for name in fields) + b"}"
+    columns = [format_micros(page.ts)]
+    columns += [_values(page.columns[name]) for name in fields]
+    return [template % row for row in zip(*columns, strict=True)]
+
+
+def _values(column: Column) -> list[bytes]:
+    """Each element of a column as JSON: numbers, or arrays of numbers."""
+    text = orjson.dumps(column, option=NUMPY)
+    if isinstance(column, np.ndarray) and column.ndim == 1:
+        return text[1:-1].split(b",")
+    return [b"[" + row + b"]" for row in text[2:-2].split(b"],[")]
 
 
 def csv(page: FeaturePage, fields: Sequence[str], widths: dict[str, int]) -> bytes:
@@ -42,7 +61,7 @@ def csv(page: FeaturePage, fields: Sequence[str], widths: dict[str, int]) -> byt
     header = ["ts", *scalars]
     header += [f"{name}_{k}" for name in arrays for k in range(widths[name])]
     lines = [",".join(header).encode()]
-    stamps = [stamp.encode() for stamp in format_micros(page.ts)]
+    stamps = format_micros(page.ts)
     if len(page) and len(header) > 1:
         blocks = [np.column_stack([page.columns[name] for name in scalars])] if scalars else []
         blocks += [_padded(page.columns[name], widths[name]) for name in arrays]

@@ -78,6 +78,13 @@ class ExtractionPool:
                         self._alone = False
                     self._changed.notify_all()
 
+    async def warm(self) -> None:
+        """Start every worker now (each warms up as it starts) and wait until all run a
+        task, so that the first chunks do not wait for workers to start."""
+        executor = self._executor
+        futures = [executor.submit(worker.started) for _ in range(self._workers)]
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         if self._executor is not broken:
             return  # a concurrent caller replaced it already

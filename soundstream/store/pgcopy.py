@@ -85,25 +85,32 @@ def stream(rows: Iterable[bytes]) -> Iterable[bytes]:
     yield TRAILER
 
 
-# Reading back: ``array_send`` gives the same binary array format. A one-dimensional
-# array has a 20-byte header (an empty one 12 bytes and no elements).
-_ARRAY_HEADER = 20
+# Reading back: ``array_send`` gives the same binary array format: a header of 12
+# bytes plus 8 per dimension (none for an empty array), then (length, value) pairs.
 
 
-def _elements(raw: bytes, element: np.dtype[np.void]) -> np.ndarray:
-    (ndim,) = struct.unpack_from(">i", raw)
-    if ndim == 0:
-        return np.empty(0, element)["v"]
-    if ndim != 1:
-        raise ValueError(f"expected a one-dimensional array, got {ndim} dimensions")
-    return np.frombuffer(raw, element, offset=_ARRAY_HEADER)["v"]
+def _concat(raws: list[bytes], element: np.dtype[np.void]) -> tuple[np.ndarray, list[int]]:
+    """The elements of one-dimensional arrays, end to end, and each array's count."""
+    bodies, counts = [], []
+    for raw in raws:
+        ndim = raw[3]  # a big-endian int32 that is 0 or 1 here
+        if ndim > 1:
+            raise ValueError(f"expected a one-dimensional array, got {ndim} dimensions")
+        body = raw[12 + 8 * ndim :]
+        bodies.append(body)
+        counts.append(len(body) // element.itemsize)
+    return np.frombuffer(b"".join(bodies), element)["v"], counts
 
 
-def decode_reals(raw: bytes) -> np.ndarray:
-    """A ``real[]`` in binary format -> float32 values."""
-    return _elements(raw, _FLOAT4).astype(np.float32)
+def decode_reals(raws: list[bytes]) -> tuple[np.ndarray, list[int]]:
+    """``real[]`` values in binary format -> their float32 values end to end, and
+    how many each array held."""
+    values, counts = _concat(raws, _FLOAT4)
+    return values.astype(np.float32), counts
 
 
-def decode_timestamps(raw: bytes) -> np.ndarray:
-    """A ``timestamptz[]`` in binary format -> int64 microseconds since the UNIX epoch."""
-    return _elements(raw, _INT8).astype(np.int64) + PG_EPOCH_US
+def decode_timestamps(raws: list[bytes]) -> tuple[np.ndarray, list[int]]:
+    """``timestamptz[]`` values in binary format -> int64 microseconds since the UNIX
+    epoch, end to end, and how many each array held."""
+    values, counts = _concat(raws, _INT8)
+    return values.astype(np.int64) + PG_EPOCH_US, counts

@@ -147,14 +147,6 @@ async def sensor_status(pool: asyncpg.Pool, sensor_id: str) -> SensorStatus | No
     )
 
 
-@dataclass(slots=True)
-class _Chunk:
-    """One chunk row, decoded: its frames' times and the requested columns."""
-
-    ts: np.ndarray
-    columns: list[np.ndarray]  # per field: (frames,) or (frames, width)
-
-
 async def features(
     pool: asyncpg.Pool,
     sensor_id: str,
@@ -169,51 +161,36 @@ async def features(
 
     Where two chunks of the sensor hold the same instant, the one received first
     gives the frame. Each page reads only the chunk rows it needs, however deep
-    into the range it starts.
+    into the range it starts: a first few, then as many as the frames per chunk
+    seen so far say are missing.
     """
     unknown = [name for name in fields if name not in FEATURE_FIELDS]
     if unknown:
         raise ValueError(f"unknown feature fields: {unknown}")
     low = start if after_ts is None else max(start, after_ts + _MICROSECOND)
     sql = _CHUNKS.format(columns="".join(f", array_send({name}) AS {name}" for name in fields))
-    chunks: list[_Chunk] = []
-    order: list[tuple[datetime, int]] = []  # (received_at, seq) of each chunk
+    rows: list[Any] = []
+    times: list[np.ndarray] = []
     key: tuple[datetime, int] = (datetime.min.replace(tzinfo=low.tzinfo), -1)
-    wanted, frames, read = limit + 1, 0, FIRST_READ_CHUNKS
+    wanted, read = limit + 1, FIRST_READ_CHUNKS
     async with pool.acquire() as conn:
         while True:
-            rows = await conn.fetch(sql, sensor_id, low, end, *key, read)
-            for row in rows:
-                chunks.append(_decode(row, fields))
-                order.append((row["received_at"], row["seq"]))
-            frames += sum(len(c.ts) for c in chunks[len(chunks) - len(rows) :])
-            if len(rows) < read:
+            batch = await conn.fetch(sql, sensor_id, low, end, *key, read)
+            rows += batch
+            times.append(pgcopy.decode_timestamps([row["ts"] for row in batch])[0])
+            if len(batch) < read:
                 boundary = None  # every chunk of the range is read
                 break
             # Chunks not read yet start at or after this: earlier frames are final.
-            boundary = rows[-1]["start_ts"]
-            if _count_before(chunks, low, end, boundary) >= wanted:
+            boundary = batch[-1]["start_ts"]
+            ts = np.concatenate(times)
+            ready = int(np.count_nonzero((ts >= _micros(low)) & (ts < _micros(boundary))))
+            if ready >= wanted:
                 break
-            key = (rows[-1]["start_ts"], rows[-1]["seq"])
-            per_chunk = max(1, frames // len(chunks))
-            read = min(MAX_READ_CHUNKS, max(FIRST_READ_CHUNKS, 2 * wanted // per_chunk))
-    return _page(chunks, order, fields, low=low, end=end, boundary=boundary, limit=limit)
-
-
-def _decode(row: Any, fields: Sequence[str]) -> _Chunk:
-    ts = pgcopy.decode_timestamps(row["ts"])
-    columns = []
-    for name in fields:
-        values = pgcopy.decode_reals(row[name])
-        if name in ARRAY_FIELDS:
-            values = values.reshape(len(ts), -1)
-        columns.append(values)
-    return _Chunk(ts, columns)
-
-
-def _count_before(chunks: list[_Chunk], low: datetime, end: datetime, boundary: datetime) -> int:
-    lo, hi = _micros(low), min(_micros(end), _micros(boundary))
-    return sum(int(np.count_nonzero((c.ts >= lo) & (c.ts < hi))) for c in chunks)
+            key = (boundary, batch[-1]["seq"])
+            per_chunk = max(1.0, len(ts) / len(rows))
+            read = min(MAX_READ_CHUNKS, max(4, int((wanted - ready) / per_chunk) + 2))
+    return _page(rows, fields, low=low, end=end, boundary=boundary, limit=limit)
 
 
 def _micros(moment: datetime) -> int:
@@ -221,8 +198,7 @@ def _micros(moment: datetime) -> int:
 
 
 def _page(
-    chunks: list[_Chunk],
-    order: list[tuple[datetime, int]],
+    rows: list[Any],
     fields: Sequence[str],
     *,
     low: datetime,
@@ -230,16 +206,16 @@ def _page(
     boundary: datetime | None,
     limit: int,
 ) -> FeaturePage:
-    if not chunks:
+    if not rows:
         empty = {name: np.empty(0, np.float32) for name in fields}
         return FeaturePage(np.empty(0, np.int64), dict[str, Column](empty), more=False)
     hi = _micros(end) if boundary is None else min(_micros(end), _micros(boundary))
-    ts = np.concatenate([c.ts for c in chunks])
-    rank = np.empty(len(order), np.int64)
-    rank[sorted(range(len(order)), key=order.__getitem__)] = np.arange(len(order))
-    chunk_rank = np.repeat(rank, [len(c.ts) for c in chunks])
+    ts, counts = pgcopy.decode_timestamps([row["ts"] for row in rows])
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["received_at"], rows[i]["seq"]))
+    rank = np.empty(len(rows), np.int64)
+    rank[order] = np.arange(len(rows))
     # Time order; among frames at one instant, the chunk received first.
-    by_time = np.lexsort((chunk_rank, ts))
+    by_time = np.lexsort((np.repeat(rank, counts), ts))
     ts_sorted = ts[by_time]
     keep = (ts_sorted >= _micros(low)) & (ts_sorted < hi)
     keep[1:] &= ts_sorted[1:] != ts_sorted[:-1]
@@ -247,11 +223,19 @@ def _page(
     more = len(chosen) > limit or boundary is not None
     chosen = chosen[:limit]
     columns: dict[str, Column] = {}
-    for i, name in enumerate(fields):
-        parts = [c.columns[i] for c in chunks]
-        if name in ARRAY_FIELDS and len({p.shape[1] for p in parts}) > 1:
-            rows = [row for p in parts for row in p]  # widths differ: one array per frame
-            columns[name] = [rows[j] for j in chosen]
-        else:
-            columns[name] = np.concatenate(parts)[chosen]
+    for name in fields:
+        values, sizes = pgcopy.decode_reals([row[name] for row in rows])
+        if name not in ARRAY_FIELDS:
+            columns[name] = values[chosen]
+            continue
+        widths = {size // count for size, count in zip(sizes, counts, strict=True)}
+        if len(widths) == 1:
+            columns[name] = values.reshape(len(ts), widths.pop())[chosen]
+        else:  # chunks stored under other settings: one array per frame
+            per_frame = [
+                row
+                for part, count in zip(np.split(values, np.cumsum(sizes)[:-1]), counts, strict=True)
+                for row in part.reshape(count, len(part) // count)
+            ]
+            columns[name] = [per_frame[j] for j in chosen]
     return FeaturePage(ts[chosen], columns, more)

@@ -101,8 +101,12 @@ def test_an_empty_stream_is_valid() -> None:
     assert decode(b"".join(pgcopy.stream([]))) == []
 
 
-@given(st.lists(st.floats(width=32, allow_nan=False), max_size=50))
-def test_reals_read_back(values: list[float]) -> None:
-    array = np.array(values, np.float32)
-    raw = pgcopy._array(array, pgcopy._FLOAT4, pgcopy.FLOAT4_OID)[4:]  # without the length word
-    np.testing.assert_array_equal(pgcopy.decode_reals(raw), array)
+@given(st.lists(st.lists(st.floats(width=32, allow_nan=False), max_size=50), max_size=5))
+def test_reals_read_back(arrays: list[list[float]]) -> None:
+    as_sent = [np.array(values, np.float32) for values in arrays]
+    # As array_send gives them: without the COPY field's length word.
+    raws = [pgcopy._array(a, pgcopy._FLOAT4, pgcopy.FLOAT4_OID)[4:] for a in as_sent]
+    raws.append(struct.pack(">3i", 0, 0, pgcopy.FLOAT4_OID))  # PostgreSQL's empty array
+    values, counts = pgcopy.decode_reals(raws)
+    assert counts == [len(a) for a in arrays] + [0]
+    np.testing.assert_array_equal(values, np.concatenate([*as_sent, np.empty(0, np.float32)]))

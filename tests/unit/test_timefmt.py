@@ -3,11 +3,18 @@ from __future__ import annotations
 import contextlib
 from datetime import UTC, datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from soundstream.core.timefmt import format_timestamp, from_micros, parse_timestamp, to_micros
+from soundstream.core.timefmt import (
+    format_micros,
+    format_timestamp,
+    from_micros,
+    parse_timestamp,
+    to_micros,
+)
 
 JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -141,3 +148,9 @@ def test_any_shaped_input_parses_or_raises_value_error(text: str) -> None:
 def test_arbitrary_text_raises_only_value_error(text: str) -> None:
     with contextlib.suppress(ValueError):
         parse_timestamp(text)
+
+
+@given(st.lists(st.integers(-(10**15), 253_402_300_799_999_999), max_size=40))
+def test_a_column_of_stamps_formats_as_each_alone(micros: list[int]) -> None:
+    formatted = format_micros(np.array(micros, np.int64))
+    assert formatted == [format_timestamp(from_micros(us)).encode() for us in micros]
