@@ -15,10 +15,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import structlog
 
+from soundstream.store.locks import MIGRATE_LOCK
+
 log = structlog.get_logger(__name__)
 
-# An arbitrary constant; every soundstream process agrees on it.
-LOCK_KEY = 0x50_55_4E_44_53_54_52_4D
 _NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 
 
@@ -48,11 +48,11 @@ async def migrate(database_url: str, *, create_database: bool = True) -> list[in
         await _create_database(database_url)
         conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATE_LOCK)
         try:
             return await _apply(conn)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATE_LOCK)
     finally:
         await conn.close()
 

@@ -15,11 +15,10 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import structlog
 
+from soundstream.store.locks import FOLD_LOCK, PARTITION_LOCK
+
 log = structlog.get_logger(__name__)
 
-# Arbitrary constants every soundstream process agrees on (see also migrate.LOCK_KEY).
-FOLD_LOCK = 0x53_53_46_4F_4C_44
-PARTITION_LOCK = 0x53_53_50_41_52_54
 PARTITION_PREFIX = "chunk_frames_"
 _DAY_NAME = re.compile(r"chunk_frames_(\d{8})")
 

@@ -18,6 +18,7 @@ import asyncpg
 from soundstream.core.records import Extracted, ns_to_us
 from soundstream.errors import SchemaMissing
 from soundstream.store import pgcopy
+from soundstream.store.locks import PARTITION_LOCK
 
 # timestamptz travels as integer microseconds since 2000-01-01 (PostgreSQL's epoch):
 # no datetime objects on the hot path.
@@ -106,6 +107,10 @@ def chunk_rows(batch: Sequence[Extracted]) -> list[tuple[Any, ...]]:
 async def write_batch(conn: asyncpg.Connection, batch: Sequence[Extracted]) -> tuple[int, int]:
     """Commit a batch; return (new chunks, new frames). Everything or nothing."""
     async with conn.transaction():
+        # Shared with every other batch, exclusive for adding or dropping a day
+        # partition: a row routed to the default partition while a day is carved out
+        # of it would fail the new partition constraint.
+        await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", PARTITION_LOCK)
         await conn.copy_records_to_table(
             "chunks_in", records=chunk_rows(batch), columns=CHUNK_COLUMNS
         )

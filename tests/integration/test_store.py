@@ -312,3 +312,25 @@ async def test_retention_drops_whole_days_and_what_they_counted(
     # Seqs that retention removed are not missing; the gap between kept ones is.
     assert status.missing_seq == [(12, 19), (22, 29), (32, 99)]
     assert await upkeep.expire(conn, 2, now) == []
+
+
+async def test_a_day_carved_out_of_the_default_partition_while_batches_land_in_it(
+    conn: asyncpg.Connection, database: str
+) -> None:
+    other = await asyncpg.connect(database)
+    await init_connection(other)
+    try:
+        for round_ in range(5):
+            day = date(2030, 1, 1) + timedelta(days=round_)
+            start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * 10**9
+
+            async def write(first: int, *, start: int = start) -> None:
+                for seq in range(first, first + 8):
+                    await write_batch(conn, [extracted("carve", seq, start_ns=start + seq * 10**9)])
+
+            await asyncio.gather(write(100 * round_), upkeep.ensure_partitions(other, [day]))
+            name = upkeep.partition_name(day)
+            assert await conn.fetchval(f"SELECT count(*) FROM {name}") == 8
+        assert await conn.fetchval("SELECT count(*) FROM chunk_frames_default") == 0
+    finally:
+        await other.close()
