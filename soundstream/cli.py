@@ -91,7 +91,7 @@ def _migrate(settings: config.Settings) -> int:
 def _serve(settings: config.Settings) -> int:
     from soundstream.supervisor import serve
 
-    anyio.run(serve, settings)
+    anyio.run(serve, settings, backend_options={"use_uvloop": True})
     return 0
 
 

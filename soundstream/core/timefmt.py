@@ -92,24 +92,28 @@ def from_micros(micros: int) -> datetime:
     return EPOCH + micros * _MICROSECOND
 
 
-_DIGITS = 10 ** np.arange(5, -1, -1)
+def _digits(values: np.ndarray, count: int) -> np.ndarray:
+    """Each value's last ``count`` decimal digits as ASCII codes, (n, count)."""
+    powers = 10 ** np.arange(count - 1, -1, -1)
+    return (values[:, None] // powers % 10 + ord("0")).astype(np.uint8)
 
 
 def format_micros(micros: np.ndarray) -> list[bytes]:
     """``format_timestamp`` of each of an array of microseconds since the UNIX epoch,
-    as ASCII bytes, built as one array of characters: frames cluster in few distinct
-    seconds, so each second is formatted once and its digits copied."""
-    seconds, fraction = np.divmod(np.asarray(micros, np.int64), 1_000_000)
-    distinct, which = np.unique(seconds, return_inverse=True)
-    texts = [
-        (EPOCH + timedelta(seconds=int(s))).replace(tzinfo=None).isoformat().encode()
-        for s in distinct
-    ]  # 19 characters each: YYYY-MM-DDTHH:MM:SS
-    table = np.frombuffer(b"".join(texts), np.uint8).reshape(len(texts), 19)
+    as ASCII bytes, built as one array of characters: only each distinct day is
+    formatted by ``datetime``; the time of day is digits computed with numpy."""
+    seconds, fraction = np.divmod(np.asarray(micros, np.int64).reshape(-1), 1_000_000)
+    days, second_of_day = np.divmod(seconds, 86_400)
+    distinct, which = np.unique(days, return_inverse=True)
+    dates = b"".join((EPOCH + timedelta(days=int(d))).date().isoformat().encode() for d in distinct)
     out = np.empty((len(seconds), 27), np.uint8)
-    out[:, :19] = table[which.reshape(-1)]
-    out[:, 19] = ord(".")
-    out[:, 20:26] = fraction[:, None] // _DIGITS % 10 + ord("0")
-    out[:, 26] = ord("Z")
+    out[:, :10] = np.frombuffer(dates, np.uint8).reshape(-1, 10)[which.reshape(-1)]
+    hours, minutes = np.divmod(second_of_day // 60, 60)
+    for column, text in ((10, "T"), (13, ":"), (16, ":"), (19, "."), (26, "Z")):
+        out[:, column] = ord(text)
+    out[:, 11:13] = _digits(hours, 2)
+    out[:, 14:16] = _digits(minutes, 2)
+    out[:, 17:19] = _digits(second_of_day % 60, 2)
+    out[:, 20:26] = _digits(fraction, 6)
     stamps: list[bytes] = out.view("S27").reshape(-1).tolist()
     return stamps

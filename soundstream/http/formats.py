@@ -25,24 +25,39 @@ def json_page(
     """``{"sensor_id": ..., "frames": [{"ts": ..., <fields>}, ...], "next": ...}``."""
     head = orjson.dumps({"sensor_id": sensor_id})[:-1]
     tail = orjson.dumps({"next": following})[1:]
-    return head + b',"frames":[' + b",".join(_objects(page, fields)) + b"]," + tail
+    return head + b',"frames":[' + _objects(page, fields, b",", b"") + b"]," + tail
 
 
 def ndjson(page: FeaturePage, fields: Sequence[str]) -> bytes:
     """One JSON object per frame and line."""
-    return b"".join(line + b"\n" for line in _objects(page, fields))
+    return _objects(page, fields, b"", b"\n")
 
 
-def _objects(page: FeaturePage, fields: Sequence[str]) -> list[bytes]:
-    """Each frame as a JSON object, ``ts`` first, then the fields in the order asked
-    for: every column is printed by one orjson call and cut into its values, so no
-    Python object is made per frame but the bytes of its line."""
-    if not len(page):
-        return []
-    template = b'{"ts":"%s"' + b"".join(b',"' + name.encode() + b'":%s' for name in fields) + b"}"
-    columns = [format_micros(page.ts)]
-    columns += [_values(page.columns[name]) for name in fields]
-    return [template % row for row in zip(*columns, strict=True)]
+def _objects(page: FeaturePage, fields: Sequence[str], between: bytes, after: bytes) -> bytes:
+    """Each frame as a JSON object (``ts`` first, then the fields in the order asked
+    for), objects joined by ``between``, each followed by ``after``.
+
+    Every column is printed by one orjson call and cut into its values; the values
+    and the constant pieces between them are then laid out in one list by slice
+    assignment and joined once, so nothing runs per frame in Python.
+    """
+    n = len(page)
+    if not n:
+        return b""
+    columns = [format_micros(page.ts), *(_values(page.columns[name]) for name in fields)]
+    keys = [b'","' + fields[0].encode() + b'":'] if fields else []
+    keys += [b',"' + name.encode() + b'":' for name in fields[1:]]
+    closing = b'"}' if not fields else b"}"
+    width = 2 * len(columns) + 1  # opening, ts, (key, value)..., closing
+    parts: list[bytes] = [b""] * (n * width)
+    parts[0::width] = [between + b'{"ts":"'] * n
+    parts[0] = b'{"ts":"'
+    for i, (key, values) in enumerate(zip([b"", *keys], columns, strict=True)):
+        if i:
+            parts[2 * i :: width] = [key] * n
+        parts[2 * i + 1 :: width] = values
+    parts[width - 1 :: width] = [closing + after] * n
+    return b"".join(parts)
 
 
 def _values(column: Column) -> list[bytes]:
