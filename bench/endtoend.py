@@ -34,28 +34,26 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 import asyncpg
-import orjson
 from anyio.abc import Process
 from memory import (
     Plan,
-    Target,
+    Shape,
     descendants,
     fresh,
     make_shape,
     message_count,
+    new_target,
     queue_backlog,
     serve_env,
     stop,
+    write_result,
 )
-
-from soundstream import config
 
 RESULTS = Path(__file__).parent / "results"
 NAIVE = Path(__file__).parent / "naive.py"
@@ -208,25 +206,13 @@ def command(system: str) -> list[str]:
     return [sys.executable, str(NAIVE)]
 
 
-def new_target() -> Target:
-    tag = f"bench_e2e_{uuid.uuid4().hex[:8]}"
-    database = PG_BASE + "/" + tag
-    names = {
-        "audio_exchange": f"{tag}.audio",
-        "queue": f"{tag}.features",
-        "dead_exchange": f"{tag}.dead",
-        "dead_queue": f"{tag}.dead",
-    }
-    return Target(tag, database, names, config.load(serve_env(database, names)))
-
-
 PG_BASE = os.environ.get(
     "SOUNDSTREAM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
 ).rsplit("/", 1)[0]
 
 
 async def drain_once(system: str, plan: Plan, timeout_s: float) -> dict[str, Any]:
-    target = new_target()
+    target = new_target("e2e")
     async with fresh(target) as channel:
         published = await queue_backlog(plan, target, channel)
         conn = await asyncpg.connect(target.database)
@@ -310,6 +296,18 @@ async def watch(
         await anyio.sleep(POLL_S)
 
 
+def one_second_16k() -> Shape:
+    """The chunk the throughput benches send: 1 s of 16 kHz s16le mono (30 frames)."""
+    return make_shape(
+        "s16le mono 16 kHz",
+        sample_rate=SAMPLE_RATE,
+        encoding="s16le",
+        channels=1,
+        body_bytes=2 * SAMPLE_RATE,
+        variants=4,
+    )
+
+
 # -- results -------------------------------------------------------------------------
 
 
@@ -389,14 +387,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600, help="seconds per drain")
     args = parser.parse_args()
-    shape = make_shape(
-        "s16le mono 16 kHz",
-        sample_rate=SAMPLE_RATE,
-        encoding="s16le",
-        channels=1,
-        body_bytes=2 * SAMPLE_RATE,
-        variants=4,
-    )
+    shape = one_second_16k()
     plan = Plan("e2e", args.sensors * args.seconds, args.sensors, (shape,))
     results = []
     for i in range(1, args.runs + 1):
@@ -405,8 +396,6 @@ def main() -> None:
             show_run(i, results[-1])
     summary = summarize(results)
     show(summary)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"endtoend-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     document = {
         "args": vars(args),
         "cpus": os.cpu_count(),
@@ -416,7 +405,7 @@ def main() -> None:
         "summary": summary,
         "runs": results,
     }
-    out.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    out = write_result("endtoend", document)
     print(f"wrote {out}")
 
 

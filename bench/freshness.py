@@ -57,7 +57,6 @@ import math
 import os
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -68,25 +67,23 @@ import aiormq
 import anyio
 import asyncpg
 import numpy as np
-import orjson
 from aiormq.abc import AbstractChannel
 from anyio.abc import Process
-from endtoend import FAMILIES, PG_BASE, SAMPLE_RATE, TICK, Cpu
+from endtoend import FAMILIES, TICK, Cpu, one_second_16k
 from memory import (
     AMQP,
     Outgoing,
     Shape,
     Target,
     fresh,
-    make_shape,
+    new_target,
     outgoing,
     publish,
     serve_env,
     stop,
+    write_result,
 )
 from pamqp.commands import Basic
-
-from soundstream import config
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_P99_MS = 500.0
@@ -358,32 +355,13 @@ async def fail_on_exit(process: Process) -> None:
 # -- one run -------------------------------------------------------------------------
 
 
-def new_target(roles: str) -> Target:
-    tag = f"bench_fresh_{uuid.uuid4().hex[:8]}"
-    database = PG_BASE + "/" + tag
-    names = {
-        "audio_exchange": f"{tag}.audio",
-        "queue": f"{tag}.features",
-        "dead_exchange": f"{tag}.dead",
-        "dead_queue": f"{tag}.dead",
-    }
-    return Target(tag, database, names, config.load(env_for(database, names, roles)))
-
-
 def env_for(database: str, names: dict[str, str], roles: str) -> dict[str, str]:
     return {**serve_env(database, names), "SOUNDSTREAM_ROLES": roles}
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    target = new_target(args.roles)
-    shape = make_shape(
-        "s16le mono 16 kHz",
-        sample_rate=SAMPLE_RATE,
-        encoding="s16le",
-        channels=1,
-        body_bytes=2 * SAMPLE_RATE,
-        variants=4,
-    )
+    target = new_target("fresh", SOUNDSTREAM_ROLES=args.roles)
+    shape = one_second_16k()
     n = round(args.rate * (args.warmup + args.duration))
     ids = [f"{target.tag}-{i:04d}" for i in range(args.sensors)]
     audio_t0 = (time.time_ns() // 10**9 - 1) * 10**9
@@ -728,15 +706,13 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit("interrupted (serve stopped, database and queues dropped)")
     show(result)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"freshness-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     document = {
         "args": vars(args),
         "cpus": os.cpu_count(),
         "clock_ticks_per_s": TICK,
         **result,
     }
-    out.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    out = write_result("freshness", document)
     print(f"wrote {out}")
 
 

@@ -234,8 +234,10 @@ class Target:
     settings: Settings
 
 
-def new_target() -> Target:
-    tag = f"bench_mem_{uuid.uuid4().hex[:8]}"
+def new_target(kind: str = "mem", **env: str) -> Target:
+    """A fresh database and AMQP names for one run; ``env`` adds to serve's
+    environment (``SOUNDSTREAM_*`` variables)."""
+    tag = f"bench_{kind}_{uuid.uuid4().hex[:8]}"
     database = PG.rsplit("/", 1)[0] + "/" + tag
     names = {
         "audio_exchange": f"{tag}.audio",
@@ -244,8 +246,16 @@ def new_target() -> Target:
         "dead_queue": f"{tag}.dead",
     }
     # The environment, as ``serve`` reads it, so the reported bounds are its own.
-    settings = config.load(serve_env(database, names))
+    settings = config.load({**serve_env(database, names), **env})
     return Target(tag, database, names, settings)
+
+
+def write_result(name: str, document: dict[str, Any]) -> Path:
+    """``bench/results/<name>-<UTC time>.json``."""
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    return out
 
 
 def serve_env(database: str, names: dict[str, str]) -> dict[str, str]:
@@ -706,15 +716,13 @@ def environment() -> dict[str, str]:
 
 
 def write(args: argparse.Namespace, results: list[dict[str, Any]]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"memory-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     document = {
         "args": vars(args),
         "cpus": os.cpu_count(),
         "environment": environment(),
         "backlogs": results,
     }
-    out.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    out = write_result("memory", document)
     return out
 
 

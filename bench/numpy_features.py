@@ -20,6 +20,14 @@ import numpy.typing as npt
 import pyfftw
 from numpy.lib.stride_tricks import sliding_window_view
 
+from soundstream.core.features import (
+    _smooth,
+    bin_frequencies,
+    dct_ortho,
+    frame_count,
+    hann,
+    mel_filters,
+)
 from soundstream.core.fields import SCALARS, FeatureParams, Features
 
 Array = npt.NDArray[np.float32]
@@ -37,70 +45,6 @@ MAX_PLANNED_SAMPLES = 1 << 21
 MAX_BATCH_FRAMES = 256
 # Frame count that ``warm_up`` plans for: one second at 16 kHz with the defaults.
 TYPICAL_SAMPLES = 16_000
-
-
-def frame_count(n_samples: int, n_fft: int, hop: int) -> int:
-    """Frames lying wholly inside a chunk: no padding, none crosses its end."""
-    if n_samples < n_fft:
-        return 0
-    return 1 + (n_samples - n_fft) // hop
-
-
-def hann(n: int) -> Float64:
-    """The periodic ("fftbins") Hann window, as ``scipy.signal.get_window``."""
-    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
-
-
-def bin_frequencies(sample_rate: int, n_fft: int) -> Float64:
-    """``f_k = k * sample_rate / n_fft`` for the ``1 + n_fft // 2`` rfft bins."""
-    return np.arange(1 + n_fft // 2, dtype=np.float64) * (sample_rate / n_fft)
-
-
-# Slaney's Auditory Toolbox mel scale (librosa's ``htk=False``): linear below
-# 1 kHz, logarithmic above.
-_F_SP = 200.0 / 3
-_MIN_LOG_HZ = 1000.0
-_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
-_LOGSTEP = np.log(6.4) / 27.0
-
-
-def hz_to_mel(hz: Float64) -> Float64:
-    linear = hz / _F_SP
-    log = _MIN_LOG_MEL + np.log(np.maximum(hz, _MIN_LOG_HZ) / _MIN_LOG_HZ) / _LOGSTEP
-    return np.where(hz >= _MIN_LOG_HZ, log, linear)
-
-
-def mel_to_hz(mel: Float64) -> Float64:
-    linear = _F_SP * mel
-    log = _MIN_LOG_HZ * np.exp(_LOGSTEP * (np.maximum(mel, _MIN_LOG_MEL) - _MIN_LOG_MEL))
-    return np.where(mel >= _MIN_LOG_MEL, log, linear)
-
-
-def mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> Float64:
-    """Slaney-normalised triangles, (n_mels, 1 + n_fft // 2), from 0 Hz to Nyquist.
-
-    Same as ``librosa.filters.mel(htk=False, norm="slaney")``: band edges evenly
-    spaced in mel, each triangle scaled to unit area in Hz so that wide bands do
-    not outweigh narrow ones.
-    """
-    bins = bin_frequencies(sample_rate, n_fft)
-    nyquist = hz_to_mel(np.array([sample_rate / 2], dtype=np.float64))[0]
-    edges = mel_to_hz(np.linspace(0.0, nyquist, n_mels + 2))
-    widths = np.diff(edges)
-    ramps = edges[:, np.newaxis] - bins
-    rising = -ramps[:-2] / widths[:-1, np.newaxis]
-    falling = ramps[2:] / widths[1:, np.newaxis]
-    weights = np.maximum(0.0, np.minimum(rising, falling))
-    return weights * (2.0 / (edges[2:] - edges[:-2]))[:, np.newaxis]
-
-
-def dct_ortho(n_out: int, n_in: int) -> Float64:
-    """The first ``n_out`` rows of the orthonormal DCT-II of length ``n_in``."""
-    k = np.arange(n_out)[:, np.newaxis]
-    n = np.arange(n_in)
-    basis: Float64 = np.sqrt(2.0 / n_in) * np.cos(np.pi * k * (2 * n + 1) / (2 * n_in))
-    basis[0] /= np.sqrt(2.0)
-    return basis
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -168,13 +112,6 @@ def _bank(sample_rate: int, n_fft: int, n_mels: int) -> _Bank:
     for a in (bank.freqs, bank.moments):
         a.flags.writeable = False
     return bank
-
-
-def _smooth(n: int) -> bool:
-    for p in (2, 3, 5, 7):
-        while n % p == 0:
-            n //= p
-    return n == 1
 
 
 class Extractor:

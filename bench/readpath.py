@@ -60,7 +60,6 @@ import socket
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -73,16 +72,17 @@ import numpy as np
 import orjson
 from aiormq.abc import AbstractChannel
 from anyio.abc import Process
-from endtoend import FRAMES_PER_CHUNK, PG_BASE, SAMPLE_RATE, TICK, Cpu
+from endtoend import FRAMES_PER_CHUNK, TICK, Cpu, one_second_16k
 from memory import (
     Plan,
     Target,
     fresh,
-    make_shape,
     message_count,
+    new_target,
     publish,
     serve_env,
     stop,
+    write_result,
 )
 
 from soundstream import config
@@ -413,18 +413,6 @@ def peer_seconds(cpu: Cpu, pid: int) -> float:
 # -- fill ----------------------------------------------------------------------------
 
 
-def new_target() -> Target:
-    tag = f"bench_read_{uuid.uuid4().hex[:8]}"
-    database = PG_BASE + "/" + tag
-    names = {
-        "audio_exchange": f"{tag}.audio",
-        "queue": f"{tag}.features",
-        "dead_exchange": f"{tag}.dead",
-        "dead_queue": f"{tag}.dead",
-    }
-    return Target(tag, database, names, config.load(serve_env(database, names)))
-
-
 async def fill(
     target: Target, channel: AbstractChannel, plan: Plan, t0_s: int, timeout_s: float
 ) -> float:
@@ -497,15 +485,8 @@ async def make_bare(database: str, chunks: int) -> dict[str, int]:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    target = new_target()
-    shape = make_shape(
-        "s16le mono 16 kHz",
-        sample_rate=SAMPLE_RATE,
-        encoding="s16le",
-        channels=1,
-        body_bytes=2 * SAMPLE_RATE,
-        variants=4,
-    )
+    target = new_target("read")
+    shape = one_second_16k()
     plan = Plan("read", args.sensors * args.seconds, args.sensors, (shape,))
     # A minute boundary, so that the stored audio ends a minute or two before now.
     t0_s = (int(time.time()) - args.seconds - 120) // 60 * 60
@@ -653,8 +634,6 @@ def main() -> None:
         sys.exit("interrupted (servers stopped, database and queues dropped)")
     summary = summarize(result["runs"])
     show(summary, args)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"readpath-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     document = {
         "args": vars(args),
         "cpus": os.cpu_count(),
@@ -662,7 +641,7 @@ def main() -> None:
         "summary": summary,
         **result,
     }
-    out.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    out = write_result("readpath", document)
     print(f"wrote {out}")
 
 

@@ -44,7 +44,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,20 +54,19 @@ import asyncpg
 import orjson
 from aiormq.abc import AbstractChannel
 from anyio.abc import Process
-from endtoend import FAMILIES, FRAMES_PER_CHUNK, PG_BASE, SAMPLE_RATE, TICK, Cpu, Stat
+from endtoend import FAMILIES, FRAMES_PER_CHUNK, TICK, Cpu, Stat, one_second_16k
 from memory import (
     Plan,
     Target,
     descendants,
     fresh,
-    make_shape,
     message_count,
+    new_target,
     queue_backlog,
     serve_env,
     stop,
+    write_result,
 )
-
-from soundstream import config
 
 RESULTS = Path(__file__).parent / "results"
 POLL_S = 0.05
@@ -171,18 +169,6 @@ def read_log(path: Path) -> dict[str, Any]:
 # -- one drain -----------------------------------------------------------------------
 
 
-def new_target() -> Target:
-    tag = f"bench_scale_{uuid.uuid4().hex[:8]}"
-    database = PG_BASE + "/" + tag
-    names = {
-        "audio_exchange": f"{tag}.audio",
-        "queue": f"{tag}.features",
-        "dead_exchange": f"{tag}.dead",
-        "dead_queue": f"{tag}.dead",
-    }
-    return Target(tag, database, names, config.load(serve_env(database, names)))
-
-
 @dataclass
 class Window:
     launched: float
@@ -239,7 +225,7 @@ async def watch(
 
 
 async def drain_once(layout: Layout, plan: Plan, timeout_s: float, logs: Path) -> dict[str, Any]:
-    target = new_target()
+    target = new_target("scale")
     async with fresh(target) as channel:
         published = await queue_backlog(plan, target, channel)
         conn = await asyncpg.connect(target.database)
@@ -400,14 +386,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600, help="seconds per drain")
     args = parser.parse_args()
-    shape = make_shape(
-        "s16le mono 16 kHz",
-        sample_rate=SAMPLE_RATE,
-        encoding="s16le",
-        channels=1,
-        body_bytes=2 * SAMPLE_RATE,
-        variants=4,
-    )
+    shape = one_second_16k()
     plan = Plan("scale", args.sensors * args.seconds, args.sensors, (shape,))
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as logs:
@@ -420,8 +399,6 @@ def main() -> None:
             sys.exit("interrupted (replicas stopped, database and queues dropped)")
     summary = summarize(results)
     show(summary)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"scaleout-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     document = {
         "args": vars(args),
         "cpus": os.cpu_count(),
@@ -430,7 +407,7 @@ def main() -> None:
         "summary": summary,
         "runs": results,
     }
-    out.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    out = write_result("scaleout", document)
     print(f"wrote {out}")
 
 
