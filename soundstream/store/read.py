@@ -26,9 +26,6 @@ __all__ = ["ARRAY_FIELDS", "FEATURE_FIELDS", "SCALAR_FIELDS"]
 
 # Frames per features page: the default, and the most one request may read.
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 10_000
-# Chunk rows a page reads first; later reads are sized by the frames per chunk seen.
-FIRST_READ_CHUNKS = 16
-MAX_READ_CHUNKS = 1024
 
 # ``missing_seq`` lists at most this many ranges, the lowest seqs first, so that a
 # sensor with pathological loss cannot make its status answer unbounded. Lowest
@@ -109,19 +106,15 @@ ORDER BY seq
 LIMIT {MAX_MISSING_RANGES}
 """
 
-# The chunk rows that can hold frames in [$2, $3): those starting before $3 and
-# ending at or after $2, found through the (sensor_id, start_ts) key by looking
-# back as far as the longest chunk ever stored. $4/$5: where the previous read of
-# this page stopped.
+# The chunk rows that can hold frames in [$2, $3), enough of them for $6 frames,
+# after ($4, $5) where the previous read of this page stopped: ``chunk_page`` walks
+# the (sensor_id, start_ts) key, looking back as far as the longest chunk ever
+# stored, and marks the first row past what was asked for as the boundary.
 _CHUNKS = """
-SELECT start_ts, seq, received_at, array_send(ts) AS ts{columns}
-FROM chunk_frames
-WHERE sensor_id = $1 AND start_ts < $3
-  AND start_ts >= $2::timestamptz - (SELECT longest FROM frame_span)
-  AND last_ts >= $2
-  AND (start_ts, seq) > ($4, $5)
-ORDER BY start_ts, seq
-LIMIT $6
+SELECT f.start_ts, f.seq, f.received_at, k.boundary, array_send(f.ts) AS ts{columns}
+FROM chunk_page($1, $2, $3, $4, $5, $6) AS k
+JOIN chunk_frames f ON f.sensor_id = $1 AND f.start_ts = k.start_ts AND f.seq = k.seq
+ORDER BY f.start_ts, f.seq
 """
 
 
@@ -161,8 +154,8 @@ async def features(
 
     Where two chunks of the sensor hold the same instant, the one received first
     gives the frame. Each page reads only the chunk rows it needs, however deep
-    into the range it starts: a first few, then as many as the frames per chunk
-    seen so far say are missing.
+    into the range it starts, in one round trip unless frames before the range or
+    instants held twice leave it short.
     """
     unknown = [name for name in fields if name not in FEATURE_FIELDS]
     if unknown:
@@ -172,13 +165,13 @@ async def features(
     rows: list[Any] = []
     times: list[np.ndarray] = []
     key: tuple[datetime, int] = (datetime.min.replace(tzinfo=low.tzinfo), -1)
-    wanted, read = limit + 1, FIRST_READ_CHUNKS
+    wanted = ask = limit + 1
     async with pool.acquire() as conn:
         while True:
-            batch = await conn.fetch(sql, sensor_id, low, end, *key, read)
+            batch = await conn.fetch(sql, sensor_id, low, end, *key, ask)
             rows += batch
             times.append(pgcopy.decode_timestamps([row["ts"] for row in batch])[0])
-            if len(batch) < read:
+            if not batch or not batch[-1]["boundary"]:
                 boundary = None  # every chunk of the range is read
                 break
             # Chunks not read yet start at or after this: earlier frames are final.
@@ -187,9 +180,9 @@ async def features(
             ready = int(np.count_nonzero((ts >= _micros(low)) & (ts < _micros(boundary))))
             if ready >= wanted:
                 break
+            # Frames before the range or at instants held twice: read on.
             key = (boundary, batch[-1]["seq"])
-            per_chunk = max(1.0, len(ts) / len(rows))
-            read = min(MAX_READ_CHUNKS, max(4, int((wanted - ready) / per_chunk) + 2))
+            ask = wanted - ready
     return _page(rows, fields, low=low, end=end, boundary=boundary, limit=limit)
 
 
