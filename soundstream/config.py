@@ -91,7 +91,7 @@ class Settings:
     dead_letter_timeout_s: float = 10.0
 
     workers: int = field(default_factory=available_cpus)
-    chunks_per_task: int = 8
+    chunks_per_task: int = 16
     batch_max_chunks: int = 64
     batch_max_frames: int = 4000
     batch_max_wait_ms: int = 100
