@@ -92,10 +92,9 @@ def from_micros(micros: int) -> datetime:
     return EPOCH + micros * _MICROSECOND
 
 
-def _digits(values: np.ndarray, count: int) -> np.ndarray:
-    """Each value's last ``count`` decimal digits as ASCII codes, (n, count)."""
-    powers = 10 ** np.arange(count - 1, -1, -1)
-    return (values[:, None] // powers % 10 + ord("0")).astype(np.uint8)
+# The ASCII digits of every number below 100 and below 1000, by number.
+_TWO = np.frombuffer(b"".join(b"%02d" % i for i in range(100)), np.uint8).reshape(100, 2)
+_THREE = np.frombuffer(b"".join(b"%03d" % i for i in range(1000)), np.uint8).reshape(1000, 3)
 
 
 def format_micros(micros: np.ndarray) -> list[bytes]:
@@ -104,16 +103,21 @@ def format_micros(micros: np.ndarray) -> list[bytes]:
     formatted by ``datetime``; the time of day is digits computed with numpy."""
     seconds, fraction = np.divmod(np.asarray(micros, np.int64).reshape(-1), 1_000_000)
     days, second_of_day = np.divmod(seconds, 86_400)
-    distinct, which = np.unique(days, return_inverse=True)
+    if len(days) and days[0] == days[-1] and (days == days[0]).all():  # a page's usual day
+        distinct, which = days[:1], np.zeros(len(days), np.intp)
+    else:
+        distinct, which = np.unique(days, return_inverse=True)
     dates = b"".join((EPOCH + timedelta(days=int(d))).date().isoformat().encode() for d in distinct)
     out = np.empty((len(seconds), 27), np.uint8)
     out[:, :10] = np.frombuffer(dates, np.uint8).reshape(-1, 10)[which.reshape(-1)]
     hours, minutes = np.divmod(second_of_day // 60, 60)
     for column, text in ((10, "T"), (13, ":"), (16, ":"), (19, "."), (26, "Z")):
         out[:, column] = ord(text)
-    out[:, 11:13] = _digits(hours, 2)
-    out[:, 14:16] = _digits(minutes, 2)
-    out[:, 17:19] = _digits(second_of_day % 60, 2)
-    out[:, 20:26] = _digits(fraction, 6)
+    out[:, 11:13] = _TWO[hours]
+    out[:, 14:16] = _TWO[minutes]
+    out[:, 17:19] = _TWO[second_of_day % 60]
+    milli, micro = np.divmod(fraction, 1000)
+    out[:, 20:23] = _THREE[milli]
+    out[:, 23:26] = _THREE[micro]
     stamps: list[bytes] = out.view("S27").reshape(-1).tolist()
     return stamps
