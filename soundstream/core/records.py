@@ -108,6 +108,12 @@ def frame_times_ns(start_ns: int, n_frames: int, hop: int, sample_rate: int) -> 
 
 def frame_times_us(start_ns: int, n_frames: int, hop: int, sample_rate: int) -> np.ndarray:
     """Frame times at the stored precision: nanoseconds rounded to microseconds."""
+    step_ns, inexact = divmod(hop * 1_000_000_000, sample_rate)
+    if not inexact and not step_ns % NS_PER_US and start_ns % NS_PER_US != NS_PER_US // 2:
+        # Whole microseconds apart (16 kHz with the default hop): every frame rounds
+        # as the first does, and no tie is involved.
+        first: int = div_round_half_even(start_ns, NS_PER_US)
+        return first + np.arange(n_frames, dtype=np.int64) * (step_ns // NS_PER_US)
     return div_round_half_even(frame_times_ns(start_ns, n_frames, hop, sample_rate), NS_PER_US)
 
 

@@ -40,3 +40,18 @@ def test_ns_to_us_rounds_half_to_even(ns: int) -> None:
 def test_times_increase_strictly() -> None:
     ts = frame_times_us(123, 1000, 1, 192000)
     assert (np.diff(ts) > 0).all()
+
+
+@given(
+    start_ns=st.integers(0, 2**62) | st.integers(0, 2**52).map(lambda k: k * 1000 + 500),
+    n=st.integers(0, 50),
+    hop=st.sampled_from([16, 128, 256, 512, 1000, 1024, 2048]),
+    rate=st.sampled_from([8000, 16000, 32000, 64000, 128000]),
+)
+def test_times_whole_microseconds_apart_round_as_the_exact_ratio(
+    start_ns: int, n: int, hop: int, rate: int
+) -> None:
+    exact = [start_ns + round(Fraction(i * hop * 10**9, rate)) for i in range(n)]
+    assert frame_times_us(start_ns, n, hop, rate).tolist() == [
+        round(Fraction(t, 1000)) for t in exact
+    ]
