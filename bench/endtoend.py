@@ -196,6 +196,26 @@ class Cpu:
         (b0, t0), (b1, t1) = self.machine[0], self.machine[-1]
         return (b1 - b0) / TICK, (t1 - t0) / TICK
 
+    def report(self, chunks: int, wall_s: float, *, other_min_s: float = 0.01) -> dict[str, Any]:
+        """The window's CPU: per family, per chunk, cores busy, and everyone else's."""
+        seconds = self.seconds()
+        total = sum(seconds[k] for k in FAMILIES)
+        busy, available = self.machine_busy_s()
+        return {
+            "cpu_s": {k: round(v, 2) for k, v in seconds.items()},
+            "cpu_ms_per_chunk": {
+                **{k: round(1000 * v / chunks, 3) for k, v in seconds.items()},
+                "all": round(1000 * total / chunks, 3),
+            },
+            "cores_busy": round(total / wall_s, 2),
+            "machine_cores_busy": round(busy / wall_s, 2),
+            "machine_busy_share": round(busy / available, 3) if available else None,
+            "other_cpu_s": {
+                k: round(v, 2) for k, v in self.other_seconds().items() if v >= other_min_s
+            },
+            "pids": {kind: sum(1 for f in self.family.values() if f == kind) for kind in FAMILIES},
+        }
+
 
 # -- one drain -----------------------------------------------------------------------
 
@@ -245,9 +265,6 @@ async def drain_once(system: str, plan: Plan, timeout_s: float) -> dict[str, Any
     wall = last - first
     if counted <= 0 or wall <= 0:
         raise SystemExit(f"{system} committed the whole backlog at once: use more --seconds")
-    seconds = cpu.seconds()
-    total_cpu = sum(seconds[k] for k in FAMILIES)
-    busy, available = cpu.machine_busy_s()
     return {
         "system": system,
         "chunks": plan.chunks,
@@ -257,16 +274,7 @@ async def drain_once(system: str, plan: Plan, timeout_s: float) -> dict[str, Any
         "window_s": round(wall, 3),
         "chunks_in_window": counted,
         "chunks_per_s": round(counted / wall, 1),
-        "cpu_s": {k: round(v, 2) for k, v in seconds.items()},
-        "cpu_ms_per_chunk": {
-            **{k: round(1000 * v / counted, 3) for k, v in seconds.items()},
-            "all": round(1000 * total_cpu / counted, 3),
-        },
-        "cores_busy": round(total_cpu / wall, 2),
-        "machine_cores_busy": round(busy / wall, 2),
-        "machine_busy_share": round(busy / available, 3) if available else None,
-        "other_cpu_s": {k: round(v, 2) for k, v in cpu.other_seconds().items() if v >= 0.01},
-        "pids": {kind: sum(1 for f in cpu.family.values() if f == kind) for kind in FAMILIES},
+        **cpu.report(counted, wall),
         "exit_status": process.returncode,
     }
 
@@ -318,7 +326,7 @@ def median(runs: list[dict[str, Any]], *path: str) -> float:
         for key in path:
             value = value[key]
         values.append(value)
-    return statistics.median(values)
+    return float(statistics.median(values))
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:

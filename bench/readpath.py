@@ -57,7 +57,6 @@ import os
 import random
 import resource
 import socket
-import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -72,7 +71,7 @@ import numpy as np
 import orjson
 from aiormq.abc import AbstractChannel
 from anyio.abc import Process
-from endtoend import FRAMES_PER_CHUNK, TICK, Cpu, one_second_16k
+from endtoend import FRAMES_PER_CHUNK, TICK, Cpu, median, one_second_16k
 from memory import (
     Plan,
     Target,
@@ -525,16 +524,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- results -------------------------------------------------------------------------
-
-
-def median(runs: list[dict[str, Any]], *path: str) -> float:
-    values = []
-    for run in runs:
-        value: Any = run
-        for key in path:
-            value = value[key]
-        values.append(value)
-    return float(statistics.median(values))
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import os
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -54,7 +53,7 @@ import asyncpg
 import orjson
 from aiormq.abc import AbstractChannel
 from anyio.abc import Process
-from endtoend import FAMILIES, FRAMES_PER_CHUNK, TICK, Cpu, Stat, one_second_16k
+from endtoend import FAMILIES, FRAMES_PER_CHUNK, TICK, Cpu, Stat, median, one_second_16k
 from memory import (
     Plan,
     Target,
@@ -255,9 +254,6 @@ async def drain_once(layout: Layout, plan: Plan, timeout_s: float, logs: Path) -
     wall = window.last - window.first
     if counted <= 0 or wall <= 0:
         raise SystemExit("the backlog was committed at once: use more --seconds")
-    seconds = cpu.seconds()
-    total_cpu = sum(seconds[k] for k in FAMILIES)
-    busy, available = cpu.machine_busy_s()
     replica_logs = [read_log(r.stderr) for r in replicas]
     return {
         "layout": layout.name,
@@ -271,16 +267,7 @@ async def drain_once(layout: Layout, plan: Plan, timeout_s: float, logs: Path) -
         "chunks_before_window": window.c0,
         "chunks_in_window": counted,
         "chunks_per_s": round(counted / wall, 1),
-        "cpu_s": {k: round(v, 2) for k, v in seconds.items()},
-        "cpu_ms_per_chunk": {
-            **{k: round(1000 * v / counted, 3) for k, v in seconds.items()},
-            "all": round(1000 * total_cpu / counted, 3),
-        },
-        "cores_busy": round(total_cpu / wall, 2),
-        "machine_cores_busy": round(busy / wall, 2),
-        "machine_busy_share": round(busy / available, 3) if available else None,
-        "other_cpu_s": {k: round(v, 2) for k, v in cpu.other_seconds().items() if v >= 0.05},
-        "pids": {kind: sum(1 for f in cpu.family.values() if f == kind) for kind in FAMILIES},
+        **cpu.report(counted, wall, other_min_s=0.05),
         "conflict_lines": sum(log["conflict_lines"] for log in replica_logs),
         "replica_logs": replica_logs,
         "pg_stat_database": dict(stats) if stats else None,
@@ -289,16 +276,6 @@ async def drain_once(layout: Layout, plan: Plan, timeout_s: float, logs: Path) -
 
 
 # -- results -------------------------------------------------------------------------
-
-
-def median(runs: list[dict[str, Any]], *path: str) -> float:
-    values = []
-    for run in runs:
-        value: Any = run
-        for key in path:
-            value = value[key]
-        values.append(value)
-    return float(statistics.median(values))
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
