@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from soundstream.config import Settings
+from soundstream.core.fields import FEATURE_FIELDS
 from soundstream.core.timefmt import format_timestamp, from_micros, parse_timestamp
 from soundstream.core.wire import valid_sensor_id
 from soundstream.errors import BadRequest
@@ -230,13 +231,13 @@ def _fields(query: QueryParams) -> list[str]:
     named = {part.strip() for value in query.getlist("fields") for part in value.split(",")}
     named.discard("")
     if not named:
-        return list(read.FEATURE_FIELDS)
-    unknown = named.difference(("ts", *read.FEATURE_FIELDS))
+        return list(FEATURE_FIELDS)
+    unknown = named.difference(("ts", *FEATURE_FIELDS))
     if unknown:
         listed = ", ".join(sorted(repr(name)[:40] for name in unknown)[:5])
-        known = ", ".join(read.FEATURE_FIELDS)
+        known = ", ".join(FEATURE_FIELDS)
         raise BadRequest("fields", f"fields has unknown names {listed}; known: ts, {known}")
-    return [name for name in read.FEATURE_FIELDS if name in named]
+    return [name for name in FEATURE_FIELDS if name in named]
 
 
 def _limit(query: QueryParams) -> int:

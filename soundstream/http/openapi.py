@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from soundstream.core.fields import ARRAY_FIELDS, FEATURE_FIELDS, SCALARS
 from soundstream.store.read import (
-    ARRAY_FIELDS,
     DEFAULT_LIMIT,
-    FEATURE_FIELDS,
     MAX_LIMIT,
     MAX_MISSING_RANGES,
-    SCALAR_FIELDS,
 )
 
 _PROBLEM = "application/problem+json"
@@ -120,7 +118,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["ts"],
         "properties": {
             "ts": _ref("schemas", "Timestamp"),
-            **{name: {"type": "number"} for name in SCALAR_FIELDS},
+            **{name: {"type": "number"} for name in SCALARS},
             **{name: {"type": "array", "items": {"type": "number"}} for name in ARRAY_FIELDS},
         },
     },

@@ -18,11 +18,8 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from soundstream.core.fields import ARRAY_FIELDS, FEATURE_FIELDS, SCALARS
+from soundstream.core.fields import ARRAY_FIELDS, FEATURE_FIELDS
 from soundstream.store import pgcopy
-
-SCALAR_FIELDS = SCALARS
-__all__ = ["ARRAY_FIELDS", "FEATURE_FIELDS", "SCALAR_FIELDS"]
 
 # Frames per features page: the default, and the most one request may read.
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 10_000

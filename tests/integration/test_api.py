@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
 from soundstream import config
+from soundstream.core import fields
 from soundstream.http import app as api
 from soundstream.http import cursor, openapi
 from soundstream.store import read
@@ -28,7 +29,7 @@ HOP = timedelta(microseconds=32_000)
 KEY = "k" * 20
 OTHER_KEY = "another-key-0123456789"
 API = config.load({}, roles=frozenset({"api"}))
-SCALARS = list(read.SCALAR_FIELDS)
+SCALARS = list(fields.SCALARS)
 OFFLINE = "postgresql://postgres@127.0.0.1:1/none"
 
 
@@ -800,7 +801,7 @@ async def test_openapi_describes_every_route(pool: asyncpg.Pool) -> None:
     assert params["limit"]["schema"]["maximum"] == read.MAX_LIMIT
     assert params["limit"]["schema"]["default"] == read.DEFAULT_LIMIT
     assert params["format"]["schema"]["enum"] == list(api.FORMATS)
-    assert params["fields"]["schema"]["items"]["enum"] == ["ts", *read.FEATURE_FIELDS]
+    assert params["fields"]["schema"]["items"]["enum"] == ["ts", *fields.FEATURE_FIELDS]
     assert set(features["responses"]["200"]["content"]) == {
         "application/json",
         "application/x-ndjson",
