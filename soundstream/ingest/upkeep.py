@@ -3,7 +3,8 @@
 Every ``FOLD_EVERY_S`` it folds the sensors' summary deltas; at start and every
 ``DAILY_EVERY_S`` it creates the day partitions around today and, with
 ``retention_days`` set, drops the days past it. A database that is away is waited
-for (the writer reports it); anything else fails the pipeline like any actor.
+for (the writer reports it); anything else is logged and tried again: upkeep never
+stops ingest.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import structlog
 from anyio.abc import TaskStatus
 
 from soundstream.config import Settings
-from soundstream.failures import retryable
+from soundstream.failures import describe, retryable
 from soundstream.store import upkeep
 
 log = structlog.get_logger(__name__)
 FOLD_EVERY_S = 2.0
 DAILY_EVERY_S = 3600.0
+DAILY_RETRY_S = 60.0
 DAYS_BEHIND, DAYS_AHEAD = 1, 2
 
 
@@ -36,9 +38,9 @@ async def run(
     task_status.started()
     daily_due = anyio.current_time()
     while True:
-        due = anyio.current_time() >= daily_due
-        if due and await _attempt(pool, lambda conn: daily(conn, settings, now())):
-            daily_due = anyio.current_time() + DAILY_EVERY_S
+        if anyio.current_time() >= daily_due:
+            done = await _attempt(pool, lambda conn: daily(conn, settings, now()))
+            daily_due = anyio.current_time() + (DAILY_EVERY_S if done else DAILY_RETRY_S)
         await _attempt(pool, upkeep.fold_deltas)
         await anyio.sleep(FOLD_EVERY_S)
 
@@ -54,13 +56,20 @@ async def daily(conn: asyncpg.Connection, settings: Settings, moment: datetime) 
 async def _attempt(
     pool: asyncpg.Pool, action: Callable[[asyncpg.Connection], Awaitable[object]]
 ) -> bool:
-    """Run ``action`` on a connection; False if the database was not reachable."""
+    """Run ``action`` on a connection; False if it did not succeed this time.
+
+    Upkeep never stops ingest: without new partitions rows land in the default one,
+    and unfolded deltas are still read. A database that is away is waited for
+    quietly (the writer reports it); any other failure, say a role without CREATE
+    on the schema, is logged with its reason and tried again next round.
+    """
     try:
         async with pool.acquire() as conn:
             await action(conn)
     except Exception as exc:
-        if not retryable(exc):
-            raise
-        log.debug("upkeep_deferred", error=str(exc) or type(exc).__name__)
+        if retryable(exc):
+            log.debug("upkeep_deferred", error=str(exc) or type(exc).__name__)
+        else:
+            log.error("upkeep_failed", error=describe(exc), detail="ingest goes on; retried")
         return False
     return True

@@ -63,3 +63,24 @@ async def test_the_service_folds_deltas_makes_days_and_drops_expired_ones(
         assert await conn.fetchval("SELECT count(*) FROM sensors") == 1
     finally:
         await conn.close()
+
+
+async def test_upkeep_that_fails_does_not_stop_ingest(topology: config.Settings) -> None:
+    # A table of another owner squats on tomorrow's partition name: creating the
+    # days fails every time, and chunks go on being stored (in the default partition).
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    conn = await asyncpg.connect(topology.database_url)
+    try:
+        await conn.execute(f"CREATE TABLE {upkeep.partition_name(tomorrow)} (x int)")
+        async with running(topology) as service, channel(topology.amqp_url) as ch:
+            now_ns = (time.time_ns() // 10**9 - 60) * 10**9
+            await publish_series(ch, topology.audio_exchange, "onward", range(4), start_ns=now_ns)
+
+            async def stored() -> bool:
+                return await conn.fetchval("SELECT count(*) FROM chunks") == 4
+
+            await wait_for(stored, within=30)
+            assert (await service.get("/readyz")).status_code == 200
+        assert await conn.fetchval("SELECT count(*) FROM chunk_frames_default") == 4
+    finally:
+        await conn.close()
