@@ -20,6 +20,7 @@ from soundstream.store.locks import FOLD_LOCK, PARTITION_LOCK
 log = structlog.get_logger(__name__)
 
 PARTITION_PREFIX = "chunk_frames_"
+LOCK_TIMEOUT_MS = 5000
 _DAY_NAME = re.compile(r"chunk_frames_(\d{8})")
 
 _FOLD = """
@@ -114,6 +115,9 @@ async def ensure_partitions(conn: asyncpg.Connection, days: Iterable[date]) -> l
     """
     created = []
     async with conn.transaction():
+        # Write batches wait while this holds the lock: give up rather than hold it
+        # long behind a slow reader of a partition (upkeep tries again later).
+        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
         existing = await _days(conn)
         for day in sorted(set(days) - set(existing)):
@@ -148,6 +152,9 @@ async def expire(conn: asyncpg.Connection, keep_days: int, now: datetime) -> lis
     cutoff_day = (now - timedelta(days=keep_days)).astimezone(UTC).date()
     cutoff = _midnight(cutoff_day)
     async with conn.transaction():
+        # Write batches wait while this holds the lock: give up rather than hold it
+        # long behind a slow reader of a partition (upkeep tries again later).
+        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
         await conn.execute("SELECT pg_advisory_xact_lock($1)", FOLD_LOCK)
         await conn.execute(_FOLD)
