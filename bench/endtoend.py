@@ -388,15 +388,21 @@ def show_run(i: int, r: dict[str, Any]) -> None:
         print("        other CPU s: " + ", ".join(f"{k} {v:.2f}" for k, v in others), flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def drain_options(doc: str | None, name: str, *, seconds: int) -> tuple[argparse.Namespace, Plan]:
+    """The options of a backlog drain (sensors, seconds, runs, timeout) and its plan:
+    ``sensors x seconds`` chunks of ``one_second_16k``."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--sensors", type=int, default=60)
-    parser.add_argument("--seconds", type=int, default=10, help="1 s chunks per sensor")
+    parser.add_argument("--seconds", type=int, default=seconds, help="1 s chunks per sensor")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600, help="seconds per drain")
     args = parser.parse_args()
-    shape = one_second_16k()
-    plan = Plan("e2e", args.sensors * args.seconds, args.sensors, (shape,))
+    plan = Plan(name, args.sensors * args.seconds, args.sensors, (one_second_16k(),))
+    return args, plan
+
+
+def main() -> None:
+    args, plan = drain_options(__doc__, "e2e", seconds=10)
     results = []
     for i in range(1, args.runs + 1):
         for system in SYSTEMS if i % 2 else SYSTEMS[::-1]:

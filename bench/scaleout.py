@@ -36,7 +36,6 @@ target (b/a >= 0.95) is met, and writes everything to
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import re
@@ -53,7 +52,15 @@ import asyncpg
 import orjson
 from aiormq.abc import AbstractChannel
 from anyio.abc import Process
-from endtoend import FAMILIES, FRAMES_PER_CHUNK, TICK, Cpu, Stat, median, one_second_16k
+from endtoend import (
+    FAMILIES,
+    FRAMES_PER_CHUNK,
+    TICK,
+    Cpu,
+    Stat,
+    drain_options,
+    median,
+)
 from memory import (
     Plan,
     Target,
@@ -357,14 +364,7 @@ def show(summary: Mapping[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sensors", type=int, default=60)
-    parser.add_argument("--seconds", type=int, default=60, help="1 s chunks per sensor")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--timeout", type=float, default=600, help="seconds per drain")
-    args = parser.parse_args()
-    shape = one_second_16k()
-    plan = Plan("scale", args.sensors * args.seconds, args.sensors, (shape,))
+    args, plan = drain_options(__doc__, "scale", seconds=60)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as logs:
         try:

@@ -114,8 +114,8 @@ class Settings:
 
     @property
     def held_bytes_per_delivery(self) -> int:
-        """The most one unsettled delivery can cost: its body until it is decoded,
-        then its mono float32 samples (twice an s16le body) until features replace them."""
+        """The most one unsettled delivery can cost: its body, and the copy pickled on
+        its way to a pool worker (samples stay as they came until the worker)."""
         return 2 * self.max_body_bytes
 
     @property

@@ -37,7 +37,6 @@ from soundstream.core import wire
 from soundstream.core.records import Delivery, Settle
 from soundstream.errors import Malformed, TopologyMismatch
 from soundstream.failures import unavailable
-from soundstream.ingest.acks import Unsettled
 from soundstream.ingest.deadcopy import dead_letter_headers
 from soundstream.ingest.flow import Flow
 from soundstream.status import Status
@@ -176,7 +175,6 @@ class _Subscription:
         )
         self.fresh = anyio.Event()
         self.tag = ""
-        self.unsettled = Unsettled()
 
     async def start(self) -> None:
         window = 1 if self.cautious else self.prefetch
@@ -190,17 +188,15 @@ class _Subscription:
         self.tag = str(consume.consumer_tag)
 
     async def _on_message(self, message: DeliveredMessage) -> None:
-        self.flow.held += 1
         assert message.delivery_tag is not None
-        self.unsettled.add(message.delivery_tag)
+        self.flow.unsettled.add(message.delivery_tag)
         if not message.redelivered:
             self.fresh.set()
         try:
             self.inbox_in.send_nowait(message)
         except anyio.ClosedResourceError:
             # Draining: the message stays unacked, so the broker redelivers it.
-            self.flow.held -= 1
-            self.unsettled.discard(message.delivery_tag)
+            self.flow.unsettled.discard(message.delivery_tag)
 
     async def widen(self) -> None:
         """Past what earlier runs held (a message not delivered before): back to the
@@ -228,12 +224,11 @@ class _Subscription:
         try:
             chunk = decode(message, self.settings)
         except Malformed as exc:
-            self.unsettled.discard(tag)
+            self.flow.unsettled.discard(tag)
             if await _dead_letter(self.dead_channel, message, exc.reason, self.settings):
                 await self.channel.basic_ack(tag)
             else:
                 await self.channel.basic_nack(tag, requeue=True)
-            self.flow.held -= 1
             return
         self.flow.handed += 1
         await outbox.send(Delivery(tag, chunk, time.time_ns() // 1000))
@@ -252,16 +247,15 @@ class _Subscription:
                 acks = []
                 for settle in batch:
                     if settle.requeue:
-                        self.unsettled.discard(settle.tag)
+                        self.flow.unsettled.discard(settle.tag)
                         await self.channel.basic_nack(settle.tag, requeue=True)
                     else:
                         acks.append(settle.tag)
-                upto, singles = self.unsettled.ack(acks)
+                upto, singles = self.flow.unsettled.ack(acks)
                 if upto is not None:
                     await self.channel.basic_ack(upto, multiple=True)
                 for tag in singles:
                     await self.channel.basic_ack(tag)
-                self.flow.held -= len(batch)
         done.set()
 
 

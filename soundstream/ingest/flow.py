@@ -10,13 +10,19 @@ tell whether one message can be blamed for it.
 
 from __future__ import annotations
 
+from soundstream.ingest.acks import Unsettled
+
 
 class Flow:
     def __init__(self) -> None:
         self.window = 0  # the prefetch consuming with: 0 before it starts, 1 while cautious
-        self.held = 0  # received and not yet acked, returned or dead-lettered
+        self.unsettled = Unsettled()  # received and not yet acked, returned or dead-lettered
         self.handed = 0  # handed to extraction and not yet committed or returned
         self.committed = 0  # chunks this run committed
+
+    @property
+    def held(self) -> int:
+        return len(self.unsettled)
 
     def statistics(self) -> dict[str, int]:
         return {

@@ -160,27 +160,39 @@ async def features(
     low = start if after_ts is None else max(start, after_ts + _MICROSECOND)
     sql = _CHUNKS.format(columns="".join(f", array_send({name}) AS {name}" for name in fields))
     rows: list[Any] = []
-    times: list[np.ndarray] = []
+    times: list[np.ndarray] = []  # each read's frame times
+    counts: list[int] = []  # frames per row
     key: tuple[datetime, int] = (datetime.min.replace(tzinfo=low.tzinfo), -1)
     wanted = ask = limit + 1
     async with pool.acquire() as conn:
         while True:
             batch = await conn.fetch(sql, sensor_id, low, end, *key, ask)
             rows += batch
-            times.append(pgcopy.decode_timestamps([row["ts"] for row in batch])[0])
+            read_ts, sizes = pgcopy.decode_timestamps([row["ts"] for row in batch])
+            times.append(read_ts)
+            counts += sizes
             if not batch or not batch[-1]["boundary"]:
                 boundary = None  # every chunk of the range is read
                 break
             # Chunks not read yet start at or after this: earlier frames are final.
             boundary = batch[-1]["start_ts"]
-            ts = np.concatenate(times)
-            ready = int(np.count_nonzero((ts >= _micros(low)) & (ts < _micros(boundary))))
+            so_far = np.concatenate(times)
+            ready = int(np.count_nonzero((so_far >= _micros(low)) & (so_far < _micros(boundary))))
             if ready >= wanted:
                 break
             # Frames before the range or at instants held twice: read on.
             key = (boundary, batch[-1]["seq"])
             ask = wanted - ready
-    return _page(rows, fields, low=low, end=end, boundary=boundary, limit=limit)
+    return _page(
+        rows,
+        np.concatenate(times),
+        counts,
+        fields,
+        low=low,
+        end=end,
+        boundary=boundary,
+        limit=limit,
+    )
 
 
 def _micros(moment: datetime) -> int:
@@ -189,6 +201,8 @@ def _micros(moment: datetime) -> int:
 
 def _page(
     rows: list[Any],
+    ts: np.ndarray,
+    counts: list[int],
     fields: Sequence[str],
     *,
     low: datetime,
@@ -200,7 +214,6 @@ def _page(
         empty = {name: np.empty(0, np.float32) for name in fields}
         return FeaturePage(np.empty(0, np.int64), dict[str, Column](empty), more=False)
     hi = _micros(end) if boundary is None else min(_micros(end), _micros(boundary))
-    ts, counts = pgcopy.decode_timestamps([row["ts"] for row in rows])
     order = sorted(range(len(rows)), key=lambda i: (rows[i]["received_at"], rows[i]["seq"]))
     rank = np.empty(len(rows), np.int64)
     rank[order] = np.arange(len(rows))
