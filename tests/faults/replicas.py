@@ -533,9 +533,12 @@ class Store:
         return int(await (await self.conn()).fetchval("SELECT count(*) FROM frames"))
 
     async def summary(self) -> tuple[int, int]:
-        """Chunks and frames as the per-sensor summary rows count them."""
+        """Chunks and frames as the per-sensor summary counts them: the rows folded
+        so far and the deltas not folded yet (as the API reads it)."""
         row = await (await self.conn()).fetchrow(
-            "SELECT coalesce(sum(chunks), 0) AS c, coalesce(sum(frames), 0) AS f FROM sensors"
+            "SELECT coalesce(sum(chunks), 0) AS c, coalesce(sum(frames), 0) AS f FROM"
+            " (SELECT chunks, frames FROM sensors"
+            "  UNION ALL SELECT chunks, frames FROM sensor_deltas) AS parts"
         )
         return int(row["c"]), int(row["f"])
 
