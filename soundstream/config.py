@@ -26,6 +26,13 @@ MAX_BODY_KB = 8 * 1024
 MIN_WORKER_MEMORY_MB = 16  # a 1 s 48 kHz stereo chunk takes about 2 MB
 # AMQP's prefetch-count is a 16-bit field.
 MAX_PREFETCH = 65535
+# The samples one pool task carries at most, in bytes (a longer chunk goes alone),
+# so a worker holds one large chunk's frames at a time.
+TASK_MAX_BYTES = 4 << 20
+# Write batches committing at once, each on a connection of its own: the next batch
+# goes to PostgreSQL while the last is still being written.
+COMMITS_IN_FLIGHT = 2
+MIB = 1024 * 1024
 ROLES = frozenset({"ingest", "api"})
 # Values that may be given as a file path instead (mounted secrets).
 SECRET_FILE_VARIABLES = ("AMQP_URL", "DATABASE_URL", "API_KEYS")
@@ -113,23 +120,42 @@ class Settings:
         return self.max_body_kb * 1024
 
     @property
-    def held_bytes_per_delivery(self) -> int:
-        """The most one unsettled delivery can cost: its body, and the copy pickled on
-        its way to a pool worker (samples stay as they came until the worker)."""
-        return 2 * self.max_body_bytes
+    def tasks_in_flight(self) -> int:
+        """Pool tasks the extractor keeps in flight: two a worker, so that each has
+        the next waiting while it works."""
+        return 2 * self.workers
+
+    @property
+    def task_bytes(self) -> int:
+        """The most samples one pool task carries, in bytes: ``chunks_per_task``
+        bodies up to ``TASK_MAX_BYTES``, or one chunk that is larger on its own."""
+        return max(min(TASK_MAX_BYTES, self.chunks_per_task * self.max_body_bytes),
+                   self.max_body_bytes)  # fmt: skip
+
+    @property
+    def held_bytes(self) -> int:
+        """The most the unsettled deliveries can cost the main process: each its
+        body (its rows, once extracted, are smaller: under 1 byte a sample against
+        2 or 4), plus the copy of every task in flight on its way to a worker."""
+        return (
+            self.effective_prefetch * self.max_body_bytes + self.tasks_in_flight * self.task_bytes
+        )
 
     @property
     def effective_prefetch(self) -> int:
         """Unacked deliveries the broker may hand us.
 
-        By count: one batch being written, one being filled, and every pool task in
-        flight. By bytes: no more than ``max_held_mb`` even if every delivery had the
-        largest body. The smaller wins, and AMQP caps it at 65535.
+        By count: one batch being filled and ``COMMITS_IN_FLIGHT`` committing (the
+        broker hands out more only as their acks arrive), and every pool task in
+        flight. By bytes: ``held_bytes`` within ``max_held_mb`` even if every
+        delivery had the largest body. The smaller wins, and AMQP caps it at 65535.
         """
-        by_count = (
-            self.prefetch or 2 * self.batch_max_chunks + 2 * self.workers * self.chunks_per_task
+        by_count = self.prefetch or (
+            (COMMITS_IN_FLIGHT + 1) * self.batch_max_chunks
+            + self.tasks_in_flight * self.chunks_per_task
         )
-        by_bytes = self.max_held_mb * 1024 * 1024 // self.held_bytes_per_delivery
+        room = self.max_held_mb * MIB - self.tasks_in_flight * self.task_bytes
+        by_bytes = room // self.max_body_bytes
         return max(1, min(by_count, by_bytes, MAX_PREFETCH))
 
     @property
@@ -303,6 +329,14 @@ def _check_together(s: Settings) -> None:
         raise SettingsError(
             variable("worker_memory_mb"),
             f"must be 0 (no limit) or at least {MIN_WORKER_MEMORY_MB}",
+        )
+    least_mb = math.ceil((s.tasks_in_flight * s.task_bytes + s.max_body_bytes) / MIB)
+    if s.max_held_mb < least_mb:
+        raise SettingsError(
+            variable("max_held_mb"),
+            f"must be at least {least_mb} with these settings: one largest body"
+            f" (SOUNDSTREAM_MAX_BODY_KB) and {s.tasks_in_flight} pool tasks in flight"
+            f" ({s.task_bytes // MIB} MiB each)",
         )
     if s.prefetch and s.prefetch < s.batch_max_chunks:
         raise SettingsError(

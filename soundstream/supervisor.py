@@ -24,7 +24,7 @@ import asyncpg
 import structlog
 from anyio.abc import TaskStatus
 
-from soundstream.config import Settings
+from soundstream.config import COMMITS_IN_FLIGHT, Settings
 from soundstream.core.records import Delivery, Extracted, Settle
 from soundstream.errors import RestartBudgetExhausted, TopologyMismatch
 from soundstream.failures import describe, leaves, unavailable, undecodable
@@ -32,7 +32,7 @@ from soundstream.http import server
 from soundstream.http.app import create_app
 from soundstream.ingest import consumer, extractor, upkeep, writer
 from soundstream.ingest.flow import Flow
-from soundstream.ingest.pool import ExtractionPool
+from soundstream.ingest.pool import ExtractionPool, open_pool
 from soundstream.status import Status
 from soundstream.store.write import init_connection
 
@@ -138,8 +138,8 @@ async def _supervise_ingest(settings: Settings, stop: anyio.Event, status: Statu
     The worker pool outlives pipeline restarts (it is replaced only when a worker
     dies), so a restart costs a reconnect, not a round of spawning workers.
     """
-    pool = ExtractionPool(settings.workers, settings.features, memory_mb=settings.worker_memory_mb)
-    try:
+    memory_mb = settings.worker_memory_mb
+    async with open_pool(settings.workers, settings.features, memory_mb=memory_mb) as pool:
         status.down(extractor.COMPONENT, "starting workers")
         started = time.monotonic()
         await pool.warm()
@@ -147,9 +147,6 @@ async def _supervise_ingest(settings: Settings, stop: anyio.Event, status: Statu
             "workers_started", workers=settings.workers, s=round(time.monotonic() - started, 1)
         )
         await _restart_loop(settings, stop, status, pool)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await pool.aclose()
 
 
 async def _restart_loop(
@@ -256,9 +253,12 @@ async def _run_pipeline(
             stack.enter_context(end)
         # min_size=0: the writer opens the first connection itself, waiting out a
         # database that is not up yet instead of failing the pipeline. One
-        # connection for the writer, one for upkeep.
+        # connection for each batch the writer commits at once, one for upkeep.
         db = await asyncpg.create_pool(
-            settings.database_url, min_size=0, max_size=2, init=init_connection
+            settings.database_url,
+            min_size=0,
+            max_size=COMMITS_IN_FLIGHT + 1,
+            init=init_connection,
         )
         stack.push_async_callback(db.close)
         async with anyio.create_task_group() as tg:

@@ -37,6 +37,7 @@ from soundstream.core import wire
 from soundstream.core.records import Delivery, Settle
 from soundstream.errors import Malformed, TopologyMismatch
 from soundstream.failures import unavailable
+from soundstream.ingest import handoff
 from soundstream.ingest.deadcopy import dead_letter_headers
 from soundstream.ingest.flow import Flow
 from soundstream.status import Status
@@ -137,7 +138,11 @@ async def run(
                 all_settled = anyio.Event()
                 tg.start_soon(subscription.settle, settles, all_settled)
                 async with outbox:
-                    async for message in subscription.inbox_out:
+                    while True:
+                        try:
+                            message = await handoff.take(subscription.inbox_out)
+                        except anyio.EndOfStream:
+                            break
                         await subscription.handle(message, outbox)
                 # Everything is handed on; the settlements' senders close once done.
                 await all_settled.wait()
@@ -231,7 +236,7 @@ class _Subscription:
                 await self.channel.basic_nack(tag, requeue=True)
             return
         self.flow.handed += 1
-        await outbox.send(Delivery(tag, chunk, time.time_ns() // 1000))
+        await handoff.put(outbox, Delivery(tag, chunk, time.time_ns() // 1000))
 
     async def settle(self, settles: MemoryObjectReceiveStream[Settle], done: anyio.Event) -> None:
         """Settle deliveries as they are reported, whatever is waiting at once: the

@@ -1,7 +1,7 @@
 """The extractor actor: deliveries in, rows ready for COPY out, computed in a process pool.
 
 Whatever is waiting in the inbox (up to ``chunks_per_task`` chunks and
-``TASK_MAX_SAMPLES`` samples) goes to the pool as one task, so a busy stream pays
+``TASK_MAX_BYTES`` of samples) goes to the pool as one task, so a busy stream pays
 the inter-process cost once per several chunks while a quiet one still answers
 each chunk at once. At most two tasks per worker are in flight, which keeps every
 worker fed and memory bounded.
@@ -19,18 +19,16 @@ import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from soundstream.config import Settings
+from soundstream.config import TASK_MAX_BYTES, Settings
 from soundstream.core.records import Delivery, Encoded, Extracted, Job, Settle
 from soundstream.failures import describe
+from soundstream.ingest import handoff
 from soundstream.ingest.flow import Flow
 from soundstream.ingest.pool import ExtractionPool
 from soundstream.status import Status
 
 log = structlog.get_logger(__name__)
 COMPONENT = "extractor"
-# A task's samples, summed over its chunks: long chunks go to the pool one by one,
-# so a worker holds at most one large chunk's frames at a time.
-TASK_MAX_SAMPLES = 1 << 21
 
 
 async def run(
@@ -44,7 +42,7 @@ async def run(
     status: Status,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    in_flight = anyio.Semaphore(2 * settings.workers)
+    in_flight = anyio.Semaphore(settings.tasks_in_flight)
 
     async def extract(batch: list[Delivery]) -> None:
         try:
@@ -54,9 +52,9 @@ async def run(
         for delivery, encoded in zip(batch, results, strict=True):
             if encoded is None:
                 flow.handed -= 1
-                await returns.send(Settle(delivery.tag, requeue=True))
+                await handoff.put(returns, Settle(delivery.tag, requeue=True))
             else:
-                await outbox.send(Extracted.of(delivery, encoded))
+                await handoff.put(outbox, Extracted.of(delivery, encoded))
 
     status.up(COMPONENT)
     task_status.started()
@@ -64,18 +62,18 @@ async def run(
         async with outbox, returns, anyio.create_task_group() as tg, inbox:
             async for first in inbox:
                 batch = [first]
-                samples = first.chunk.n_samples
+                size = first.chunk.pcm.nbytes
                 while len(batch) < settings.chunks_per_task:
                     try:
                         item = inbox.receive_nowait()
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                    if samples + item.chunk.n_samples > TASK_MAX_SAMPLES:
+                    if size + item.chunk.pcm.nbytes > TASK_MAX_BYTES:
                         await in_flight.acquire()
                         tg.start_soon(extract, batch)
-                        batch, samples = [], 0
+                        batch, size = [], 0
                     batch.append(item)
-                    samples += item.chunk.n_samples
+                    size += item.chunk.pcm.nbytes
                 await in_flight.acquire()
                 tg.start_soon(extract, batch)
     finally:

@@ -2,9 +2,9 @@
 
 The supervisor makes one ``Flow`` per pipeline run. The consumer counts what it
 received and has not settled yet; it and the extractor and writer count what is
-handed on for extraction and not committed yet. The writer commits as soon as its
-batch holds everything handed on (nothing more can arrive, so waiting would only
-add latency), and the supervisor reads ``held`` and ``committed`` after a crash to
+handed on for extraction and not yet in a write batch. The writer cuts a batch as
+soon as it holds everything handed on (nothing more can arrive, so waiting would
+only add latency), and the supervisor reads ``held`` and ``committed`` after a crash to
 tell whether one message can be blamed for it.
 """
 
@@ -17,7 +17,7 @@ class Flow:
     def __init__(self) -> None:
         self.window = 0  # the prefetch consuming with: 0 before it starts, 1 while cautious
         self.unsettled = Unsettled()  # received and not yet acked, returned or dead-lettered
-        self.handed = 0  # handed to extraction and not yet committed or returned
+        self.handed = 0  # handed to extraction, not yet in a write batch nor returned
         self.committed = 0  # chunks this run committed
 
     @property

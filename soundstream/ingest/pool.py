@@ -1,60 +1,177 @@
-"""The extraction process pool: spawned, warmed-up workers, replaced when one dies.
+"""The extraction process pool: spawned, warmed-up workers, each fed by the event
+loop over a socket of its own, and replaced one by one when one dies.
 
-A worker that dies (killed, out of memory, a crash in native code) breaks a
-``ProcessPoolExecutor`` for good: every pending task fails with
-``BrokenProcessPool``. ``ExtractionPool`` then starts a fresh executor, once, for
-whichever caller notices first, and the callers decide what to run again. The pool
-outlives pipeline restarts, so a restart does not pay for spawning workers.
+A task is pickled and written to the least busy worker's socket, and its reply read
+back by that worker's reader task, all on the event loop: no helper threads to
+hand work over, so a task's round trip is its compute and two socket writes. A
+worker answers in order, so a second task can wait in its socket while it works on
+the first.
+
+A worker that dies (killed, out of memory, a crash in native code) fails the tasks
+it held with ``WorkerDied``; it is replaced when the next task is given out, and
+the callers decide what to run again. The pool outlives pipeline restarts, so a
+restart does not pay for spawning workers.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import pickle
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from typing import Any, cast
 
 import anyio
 import structlog
+from anyio.abc import TaskGroup, UNIXSocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from soundstream.core.fields import FeatureParams
 from soundstream.core.records import Encoded, Job
 from soundstream.ingest import worker
 
 log = structlog.get_logger(__name__)
+# How long closing the pool waits for a worker to exit before killing it.
+EXIT_WAIT_S = 5.0
+
+
+class WorkerDied(Exception):
+    """A pool worker exited while it held the task."""
+
+
+@dataclass
+class _Reply:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    ok: bool = False
+    value: Any = None
+
+    def resolve(self, ok: bool, value: Any) -> None:
+        self.ok, self.value = ok, value
+        self.done.set()
+
+
+class _Worker:
+    """One worker process and the main process's end of its socket."""
+
+    def __init__(self, process: BaseProcess, stream: UNIXSocketStream) -> None:
+        self.process = process
+        self.stream = stream
+        self.pending: deque[_Reply] = deque()  # sent and not answered, in order
+        self.alive = True
+        self._sending = anyio.Lock()
+
+    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        if not self.alive:
+            raise WorkerDied(self.describe())
+        request = pickle.dumps((function, args), pickle.HIGHEST_PROTOCOL)
+        reply = _Reply()
+        async with self._sending:
+            self.pending.append(reply)
+            # A request half written would leave the worker reading garbage: once
+            # started, it is finished (or the socket is gone).
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.stream.send(worker.FRAME.pack(len(request)))
+                    await self.stream.send(request)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    self.alive = False  # the reader fails what is pending
+        await reply.done.wait()
+        if reply.ok:
+            return reply.value
+        raise cast(BaseException, reply.value)
+
+    async def read_replies(self) -> None:
+        """Resolve each pending task with its reply; when the worker is gone, fail
+        what is left."""
+        replies = BufferedByteReceiveStream(self.stream)
+        try:
+            while True:
+                (size,) = worker.FRAME.unpack(await replies.receive_exactly(worker.FRAME.size))
+                ok, value = pickle.loads(await replies.receive_exactly(size))
+                self.pending.popleft().resolve(ok, value)
+        except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError):
+            pass
+        except anyio.ClosedResourceError:
+            pass
+        finally:
+            self.alive = False
+            while self.pending:
+                self.pending.popleft().resolve(False, WorkerDied(self.describe()))
+
+    def describe(self) -> str:
+        code = self.process.exitcode
+        state = "running" if code is None else f"exit code {code}"
+        return f"extraction worker {self.process.pid} is gone ({state})"
+
+    async def aclose(self) -> None:
+        """Close the socket (the worker exits at end of stream); kill it if it has
+        not exited within ``EXIT_WAIT_S``."""
+        await self.stream.aclose()
+        await anyio.to_thread.run_sync(self.process.join, EXIT_WAIT_S)
+        if self.process.exitcode is None:
+            self.process.kill()
+            await anyio.to_thread.run_sync(self.process.join)
 
 
 class ExtractionPool:
-    def __init__(self, workers: int, params: FeatureParams, *, memory_mb: int = 0) -> None:
-        self._workers = workers
+    def __init__(
+        self, workers: int, params: FeatureParams, task_group: TaskGroup, *, memory_mb: int = 0
+    ) -> None:
+        self._size = workers
         self._params = params
         self._memory_mb = memory_mb
+        self._task_group = task_group
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: list[_Worker] = []
         self._replaced = 0
-        self._executor = self._start()
         # Tasks in flight, and whether one has the pool to itself: a worker that
-        # dies takes every task in flight with it, so only a task that ran alone
-        # can tell which chunk killed it.
+        # dies takes the tasks it held with it, so only a task that ran alone can
+        # tell which chunk killed it.
         self._running = 0
         self._alone = False
         self._changed = anyio.Condition()
+        self._spawning = anyio.Lock()
 
-    def _start(self) -> ProcessPoolExecutor:
+    async def _spawn(self) -> _Worker:
         # Workers are the parallelism; BLAS threads inside them would only fight over
         # the same cores (a 48 kHz chunk ran 3x slower). Spawned children read these
         # when they import numpy, before any code of ours runs there.
         for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(variable, "1")
-        return ProcessPoolExecutor(
-            self._workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=worker.init,
-            initargs=(self._params, self._memory_mb),
-        )
+        ours, theirs = socket.socketpair()
+        with theirs:
+            process = self._context.Process(
+                target=worker.serve,
+                args=(theirs, self._params, self._memory_mb),
+                name="soundstream-extraction",
+                daemon=True,
+            )
+            process.start()
+        started = _Worker(process, await UNIXSocketStream.from_socket(ours))
+        self._task_group.start_soon(started.read_replies)
+        return started
+
+    async def _ready_worker(self) -> _Worker:
+        """The live worker with the fewest tasks, replacing dead ones first."""
+        async with self._spawning:
+            for i, gone in enumerate(self._workers):
+                if not gone.alive:
+                    self._replaced += 1
+                    log.warning("worker_died", detail=gone.describe(), replaced=self._replaced)
+                    self._workers[i] = await self._spawn()
+                    self._task_group.start_soon(gone.aclose)
+            while len(self._workers) < self._size:
+                self._workers.append(await self._spawn())
+        return min(self._workers, key=lambda w: len(w.pending))
 
     async def extract(self, jobs: list[Job], *, alone: bool = False) -> list[Encoded]:
-        """The encoded rows of ``jobs``, in one task. Raises whatever the worker raised, or
-        ``BrokenProcessPool`` if a worker died (the pool is replaced by then).
+        """The encoded rows of ``jobs``, in one task. Raises whatever the worker raised,
+        or ``WorkerDied`` if its worker died (it is replaced by the next task).
         ``alone``: wait until no other task is in flight, and let none start meanwhile.
         """
         async with self._changed:
@@ -63,13 +180,9 @@ class ExtractionPool:
             self._alone = alone
             self._running += 1
         try:
-            executor = self._executor
-            try:
-                future = executor.submit(worker.encode_many, self._params, jobs)
-                return await asyncio.wrap_future(future)
-            except BrokenProcessPool:
-                self._replace(executor)
-                raise
+            chosen = await self._ready_worker()
+            result: list[Encoded] = await chosen.call(worker.encode_many, self._params, jobs)
+            return result
         finally:
             with anyio.CancelScope(shield=True):
                 async with self._changed:
@@ -79,24 +192,39 @@ class ExtractionPool:
                     self._changed.notify_all()
 
     async def warm(self) -> None:
-        """Start every worker now (each warms up as it starts) and wait until all run a
-        task, so that the first chunks do not wait for workers to start."""
-        executor = self._executor
-        futures = [executor.submit(worker.started) for _ in range(self._workers)]
-        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        """Start every worker now (each warms up as it starts) and wait until all
+        answer, so that the first chunks do not wait for workers to start."""
+        await self._ready_worker()
+        async with anyio.create_task_group() as tg:
+            for each in self._workers:
+                tg.start_soon(each.call, worker.started)
 
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
-        if self._executor is not broken:
-            return  # a concurrent caller replaced it already
-        self._replaced += 1
-        log.warning("worker_died", detail="starting a fresh pool", replaced=self._replaced)
-        self._executor = self._start()
-        broken.shutdown(wait=False, cancel_futures=True)
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
 
     def statistics(self) -> dict[str, int]:
-        return {"workers": self._workers, "replaced": self._replaced}
+        return {
+            "workers": self._size,
+            "replaced": self._replaced,
+            "in_flight": sum(len(w.pending) for w in self._workers),
+        }
 
     async def aclose(self) -> None:
-        # shutdown() joins the workers; do that off the event loop.
-        executor = self._executor
-        await anyio.to_thread.run_sync(lambda: executor.shutdown(wait=True, cancel_futures=True))
+        async with anyio.create_task_group() as tg:
+            for each in self._workers:
+                tg.start_soon(each.aclose)
+        self._workers.clear()
+
+
+@contextlib.asynccontextmanager
+async def open_pool(
+    workers: int, params: FeatureParams, *, memory_mb: int = 0
+) -> AsyncIterator[ExtractionPool]:
+    """A pool whose workers live until the block exits."""
+    async with anyio.create_task_group() as tg:
+        pool = ExtractionPool(workers, params, tg, memory_mb=memory_mb)
+        try:
+            yield pool
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pool.aclose()

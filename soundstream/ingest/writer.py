@@ -3,9 +3,11 @@
 It gathers extracted chunks into a batch until the batch is full (chunks or frames),
 holds everything handed on for extraction (nothing more can come soon), or the
 oldest item has waited ``batch_max_wait_ms``; commits it in one transaction, and
-only then reports the delivery tags for acking. A database that goes away is
-retried with backoff; meanwhile nothing is acked, the bounded streams fill, and the
-broker stops delivering once prefetch is used up: consumption pauses by itself.
+only then reports the delivery tags for acking. Up to ``COMMITS_IN_FLIGHT`` batches
+commit at once, so gathering the next never waits for the last to commit. A
+database that goes away is retried with backoff; meanwhile nothing is acked, the
+bounded streams fill, and the broker stops delivering once prefetch is used up:
+consumption pauses by itself.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from soundstream.config import Settings
+from soundstream.config import COMMITS_IN_FLIGHT, Settings
 from soundstream.core.records import Extracted, Settle
 from soundstream.failures import retryable
+from soundstream.ingest import handoff
 from soundstream.ingest.flow import Flow
 from soundstream.status import Status
 from soundstream.store.write import write_batch
@@ -46,24 +49,26 @@ async def run(
 ) -> None:
     await _connect(pool, status)
     task_status.started()
-    async with acks, inbox:
-        while batch := await _collect(inbox, settings, flow):
+    slots = anyio.Semaphore(COMMITS_IN_FLIGHT)
+
+    async def commit(batch: list[Extracted]) -> None:
+        try:
             await _commit(pool, batch, settings, status)
+        finally:
+            slots.release()
+        flow.committed += len(batch)
+        # All at once, so that the consumer can ack them together.
+        for item in batch:
+            await handoff.put(acks, Settle(item.tag))
+
+    async with acks, inbox, anyio.create_task_group() as tg:
+        while True:
+            await slots.acquire()
+            batch = await _collect(inbox, settings, flow)
+            if not batch:
+                break
             flow.handed -= len(batch)
-            flow.committed += len(batch)
-            # All at once, so that the consumer can ack them together.
-            for item in batch:
-                await _report(acks, Settle(item.tag))
-            await anyio.lowlevel.checkpoint()
-
-
-async def _report(acks: MemoryObjectSendStream[Settle], settle: Settle) -> None:
-    """Hand a settlement over without yielding (the stream holds one per delivery
-    the broker can have out, so it has room; if not, wait)."""
-    try:
-        acks.send_nowait(settle)
-    except anyio.WouldBlock:
-        await acks.send(settle)
+            tg.start_soon(commit, batch)
 
 
 async def _collect(
@@ -71,7 +76,7 @@ async def _collect(
 ) -> list[Extracted]:
     """The next batch; empty only when the inbox is closed and drained."""
     try:
-        first = await inbox.receive()
+        first = await handoff.take(inbox)
     except anyio.EndOfStream:
         return []
     batch = [first]
@@ -81,15 +86,11 @@ async def _collect(
         len(batch) < min(settings.batch_max_chunks, flow.handed)
         and frames < settings.batch_max_frames
     ):
-        with anyio.move_on_after(deadline - anyio.current_time()):
-            try:
-                item = await inbox.receive()
-            except anyio.EndOfStream:
-                break
-            batch.append(item)
-            frames += item.frames.n_frames
-            continue
-        break  # waited long enough
+        item = await handoff.take_before(inbox, deadline)
+        if item is None:
+            break  # waited long enough, or nothing more will come
+        batch.append(item)
+        frames += item.frames.n_frames
     return batch
 
 

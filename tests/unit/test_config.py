@@ -112,18 +112,33 @@ def test_secret_files(tmp_path: Path) -> None:
 def test_prefetch_is_derived_from_the_buffers_within_the_byte_bound() -> None:
     roomy = {"SOUNDSTREAM_MAX_HELD_MB": "65536"}
     s = config.load({**roomy, "SOUNDSTREAM_WORKERS": "2", "SOUNDSTREAM_CHUNKS_PER_TASK": "4"})
-    assert s.effective_prefetch == 2 * s.batch_max_chunks + 2 * 2 * 4
+    # A batch filling, two committing, and two tasks of 4 chunks for each worker.
+    assert s.effective_prefetch == 3 * s.batch_max_chunks + 2 * 2 * 4
     assert config.load({**roomy, "SOUNDSTREAM_PREFETCH": "500"}).effective_prefetch == 500
 
 
-def test_the_byte_bound_caps_prefetch_at_two_largest_bodies_per_delivery() -> None:
-    s = config.load({"SOUNDSTREAM_PREFETCH": "500"})
-    # 2 GiB over 2 x 8 MiB: every held delivery may cost its body, then its samples.
-    assert s.effective_prefetch == 2048 // (2 * 8) == 128
-    assert s.effective_prefetch * s.held_bytes_per_delivery <= s.max_held_mb * 2**20
+def test_the_byte_bound_counts_each_body_and_the_tasks_in_flight() -> None:
+    s = config.load({"SOUNDSTREAM_PREFETCH": "500", "SOUNDSTREAM_WORKERS": "2"})
+    # 2 GiB, less 4 tasks in flight of up to 8 MiB each, over 8 MiB bodies.
+    assert s.effective_prefetch == (2048 - 4 * 8) // 8 == 252
+    assert s.held_bytes <= s.max_held_mb * 2**20
     small = config.load({"SOUNDSTREAM_PREFETCH": "500", "SOUNDSTREAM_MAX_BODY_KB": "64"})
     assert small.effective_prefetch == 500
-    assert config.load({"SOUNDSTREAM_MAX_HELD_MB": "16"}).effective_prefetch == 1
+    # Small bodies: a task carries at most chunks_per_task of them.
+    assert small.task_bytes == small.chunks_per_task * 64 * 1024 < config.TASK_MAX_BYTES
+    tight = config.load({"SOUNDSTREAM_MAX_HELD_MB": "40", "SOUNDSTREAM_WORKERS": "2"})
+    assert tight.effective_prefetch == 1 and tight.held_bytes <= 40 * 2**20
+
+
+def test_a_byte_bound_too_small_for_one_body_and_the_tasks_in_flight_is_refused() -> None:
+    with pytest.raises(SettingsError, match="SOUNDSTREAM_MAX_HELD_MB: must be at least 40"):
+        config.load({"SOUNDSTREAM_MAX_HELD_MB": "39", "SOUNDSTREAM_WORKERS": "2"})
+    with pytest.raises(SettingsError, match=r"at least 72 .* 8 pool tasks"):
+        config.load({"SOUNDSTREAM_MAX_HELD_MB": "64", "SOUNDSTREAM_WORKERS": "4"})
+    fits = {"SOUNDSTREAM_MAX_HELD_MB": "16", "SOUNDSTREAM_MAX_BODY_KB": "64"}
+    small = config.load({**fits, "SOUNDSTREAM_WORKERS": "2"})
+    assert small.effective_prefetch == (16 - 4 * 1) * 16 == 192
+    assert small.held_bytes <= 16 * 2**20
 
 
 def test_prefetch_never_exceeds_what_amqp_can_carry() -> None:
