@@ -7,13 +7,15 @@ the process at start-up with one line naming the variable, never later.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import ipaddress
 import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from soundstream.core.fields import FeatureParams
 from soundstream.errors import SettingsError
@@ -35,7 +37,12 @@ COMMITS_IN_FLIGHT = 2
 MIB = 1024 * 1024
 ROLES = frozenset({"ingest", "api"})
 # Values that may be given as a file path instead (mounted secrets).
-SECRET_FILE_VARIABLES = ("AMQP_URL", "DATABASE_URL", "API_KEYS")
+SECRET_FILE_VARIABLES = ("AMQP_URL", "DATABASE_URL", "API_KEYS", "CURSOR_KEY")
+# Fields read from a variable of another name. API keys are hashed as they are
+# parsed, so no plaintext key outlives ``load``.
+VARIABLE_NAMES = {"api_key_digests": "API_KEYS"}
+
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def available_cpus(root: Path = Path("/")) -> int:
@@ -76,7 +83,21 @@ class Settings:
     http_host: str = "0.0.0.0"
     http_port: int = 8080
     roles: frozenset[str] = ROLES
-    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # SHA-256 of each key (``key_digest``); the keys themselves are not kept.
+    api_key_digests: tuple[bytes, ...] = field(default=(), repr=False)
+    open_api: bool = False  # serve /v1 without keys beyond loopback, on purpose
+    rate_limit: float = 50.0  # requests/s per client on /v1; 0: no limit
+    rate_burst: int = 100
+    max_requests: int = 64  # /v1 requests in flight at once
+    trusted_proxies: tuple[Network, ...] = ()
+    max_sensors: int = 16  # sensors one /v1/features request may name
+    max_range_s: float = 31 * 86_400.0  # end - start of a paged feature request
+    max_stream_range_s: float = 86_400.0  # end - start of a streamed one
+    query_timeout_s: float = 10.0  # PostgreSQL statement_timeout of API queries
+    pool_timeout_s: float = 2.0  # waiting for a free API connection
+    # Signs pagination cursors; empty: derived from the database URL, which every
+    # replica of a deployment shares.
+    cursor_key: str = field(default="", repr=False)
 
     # Flat, one per variable; ``features`` bundles them for the extractor.
     n_fft: int = FeatureParams.n_fft
@@ -118,6 +139,14 @@ class Settings:
     @property
     def max_body_bytes(self) -> int:
         return self.max_body_kb * 1024
+
+    @property
+    def cursor_secret(self) -> bytes:
+        """The key cursors are signed with: the setting, or one derived from the
+        database URL (the same on every replica, never sent anywhere)."""
+        if self.cursor_key:
+            return self.cursor_key.encode()
+        return hashlib.sha256(b"soundstream cursor key\0" + self.database_url.encode()).digest()
 
     @property
     def tasks_in_flight(self) -> int:
@@ -216,11 +245,45 @@ def _roles(raw: str) -> frozenset[str]:
     return roles
 
 
-def _keys(raw: str) -> tuple[str, ...]:
-    keys = tuple(part.strip() for part in re.split(r"[,\n]", raw) if part.strip())
+def key_digest(key: str) -> bytes:
+    """SHA-256 of an API key: keys are long random secrets, so a plain hash, not a
+    slow password hash, is enough to make a leaked digest useless as a key."""
+    return hashlib.sha256(key.encode()).digest()
+
+
+def _key_digests(raw: str) -> tuple[bytes, ...]:
+    keys = [part.strip() for part in re.split(r"[,\n]", raw) if part.strip()]
     if any(len(k) < 16 for k in keys):
-        raise ValueError("every key must be at least 16 characters")
-    return keys
+        raise ValueError("every key must be at least 16 characters")  # never echo a key
+    return tuple(dict.fromkeys(key_digest(k) for k in keys))
+
+
+def _cursor_key(raw: str) -> str:
+    value = raw.strip()
+    if len(value) < 16:
+        raise ValueError("must be at least 16 characters")  # never echo a secret
+    return value
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"must be true or false, got {raw!r}")
+
+
+def _networks(raw: str) -> tuple[Network, ...]:
+    networks = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part))
+        except ValueError as exc:
+            raise ValueError(f"must be comma-separated CIDRs (e.g. 10.0.0.0/8); {exc}") from None
+    return tuple(networks)
 
 
 def _name(raw: str) -> str:
@@ -253,7 +316,18 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "http_host": _host,
     "http_port": _int(0, 65535),
     "roles": _roles,
-    "api_keys": _keys,
+    "api_key_digests": _key_digests,
+    "open_api": _bool,
+    "rate_limit": _float(0.0, 1_000_000.0),
+    "rate_burst": _int(1, 1_000_000),
+    "max_requests": _int(1, 100_000),
+    "max_sensors": _int(1, 1000),
+    "max_range_s": _float(1.0, 100 * 366 * 86_400.0),
+    "max_stream_range_s": _float(1.0, 100 * 366 * 86_400.0),
+    "query_timeout_s": _float(0.1, 3600.0),
+    "pool_timeout_s": _float(0.01, 600.0),
+    "cursor_key": _cursor_key,
+    "trusted_proxies": _networks,
     "n_fft": _int(16, 65536),
     "hop": _int(1, 65536),
     "n_mels": _int(1, 512),
@@ -286,7 +360,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
 
 
 def variable(name: str) -> str:
-    return PREFIX + name.upper()
+    return PREFIX + VARIABLE_NAMES.get(name, name.upper())
 
 
 def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -301,7 +375,7 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
         name = variable(f.name)
         raw = env.get(name)
         file_name = name + "_FILE"
-        if f.name.upper() in SECRET_FILE_VARIABLES and env.get(file_name):
+        if name.removeprefix(PREFIX) in SECRET_FILE_VARIABLES and env.get(file_name):
             if raw is not None:
                 raise SettingsError(file_name, f"set either {name} or {file_name}, not both")
             try:
@@ -320,7 +394,30 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
     return settings
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (a name other than
+    ``localhost`` may resolve anywhere, so it is not)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
 def _check_together(s: Settings) -> None:
+    # An open API is a choice to state, never a default to stumble into: without
+    # keys, /v1 is served beyond loopback only with SOUNDSTREAM_OPEN_API=true.
+    if s.api and not s.api_key_digests and not s.open_api and not is_loopback(s.http_host):
+        raise SettingsError(
+            variable("open_api"),
+            f"SOUNDSTREAM_API_KEYS is empty and SOUNDSTREAM_HTTP_HOST={s.http_host} is reachable"
+            " beyond this machine: set API keys, or SOUNDSTREAM_OPEN_API=true to serve an open"
+            " API on purpose",
+        )
     if s.hop > s.n_fft:
         raise SettingsError(variable("hop"), f"must not exceed SOUNDSTREAM_N_FFT ({s.n_fft})")
     if s.n_mfcc > s.n_mels:

@@ -55,25 +55,32 @@ async def serve(
     """
     status = Status()
     stop = stop or anyio.Event()
-    if settings.api and not settings.api_keys:
+    if settings.api and not settings.api_key_digests:
         log.warning("api_open", detail="SOUNDSTREAM_API_KEYS is empty: /v1/* needs no key")
     async with AsyncExitStack() as stack:
         # Serves the API's queries, and lets readiness ask the database itself in
         # either role. min_size=0: no connection at start, so a database that is
         # down makes the process unready instead of failing it.
+        # Every API query is bounded in time by PostgreSQL itself.
+        timeout_ms = str(int(settings.query_timeout_s * 1000))
         pool = await asyncpg.create_pool(
             settings.database_url,
             min_size=0,
-            max_size=settings.db_pool_size if settings.api else 1,
+            max_size=settings.db_pool_size,
+            server_settings={"statement_timeout": timeout_ms},
         )
         stack.push_async_callback(pool.close)
+        # Readiness asks the database on a connection of its own, so that busy API
+        # queries never make the process look unready (nor the reverse).
+        health = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=1)
+        stack.push_async_callback(health.close)
 
         async def ready() -> list[str]:
             problems = status.problems()
             if stop.is_set():
                 problems.append("process: draining")
             if not status.is_down(writer.COMPONENT):  # else the writer already says why
-                problems.extend(await _ping(pool))
+                problems.extend(await _ping(health))
             return problems
 
         app = create_app(settings, pool=pool if settings.api else None, ready=ready)

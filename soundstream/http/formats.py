@@ -8,6 +8,7 @@ that reads back as itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -19,44 +20,66 @@ from soundstream.store.read import Column, FeaturePage
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
-def json_page(
-    page: FeaturePage, fields: Sequence[str], sensor_id: str, following: str | None
-) -> bytes:
-    """``{"sensor_id": ..., "frames": [{"ts": ..., <fields>}, ...], "next": ...}``."""
-    head = orjson.dumps({"sensor_id": sensor_id})[:-1]
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """What an answer prints: a page's rows, the feature fields asked for, and the
+    per-row columns that come before them when there are any: the sensor of each
+    row (several-sensor answers; ids are ``[A-Za-z0-9._-]``, printed as they are)
+    and the frames in each bucket (downsampled answers)."""
+
+    page: FeaturePage
+    fields: Sequence[str]
+    sensor_ids: list[bytes] | None = None
+    count: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.page)
+
+
+def json_page(rows: Rows, following: str | None, *, sensor_id: str | None = None) -> bytes:
+    """``{"sensor_id": ..., "frames": [{"ts": ..., <fields>}, ...], "next": ...}``; the
+    top-level ``sensor_id`` only for a one-sensor answer."""
+    head = orjson.dumps({"sensor_id": sensor_id})[:-1] + b"," if sensor_id is not None else b"{"
     tail = orjson.dumps({"next": following})[1:]
-    return head + b',"frames":[' + _objects(page, fields, b",", b"") + b"]," + tail
+    return head + b'"frames":[' + _objects(rows, b",", b"") + b"]," + tail
 
 
-def ndjson(page: FeaturePage, fields: Sequence[str]) -> bytes:
-    """One JSON object per frame and line."""
-    return _objects(page, fields, b"", b"\n")
+def ndjson(rows: Rows) -> bytes:
+    """One JSON object per row and line."""
+    return _objects(rows, b"", b"\n")
 
 
-def _objects(page: FeaturePage, fields: Sequence[str], between: bytes, after: bytes) -> bytes:
-    """Each frame as a JSON object (``ts`` first, then the fields in the order asked
-    for), objects joined by ``between``, each followed by ``after``.
+def _objects(rows: Rows, between: bytes, after: bytes) -> bytes:
+    """Each row as a JSON object (the leading columns, ``ts``, then the fields in the
+    order asked for), objects joined by ``between``, each followed by ``after``.
 
     Every column is printed by one orjson call and cut into its values; the values
     and the constant pieces between them are then laid out in one list by slice
-    assignment and joined once, so nothing runs per frame in Python.
+    assignment and joined once, so nothing runs per row in Python. A string column's
+    quotes belong to the keys around it.
     """
-    n = len(page)
+    n = len(rows)
     if not n:
         return b""
-    columns = [format_micros(page.ts), *(_values(page.columns[name]) for name in fields)]
-    keys = [b'","' + fields[0].encode() + b'":'] if fields else []
-    keys += [b',"' + name.encode() + b'":' for name in fields[1:]]
-    closing = b'"}' if not fields else b"}"
-    width = 2 * len(columns) + 1  # opening, ts, (key, value)..., closing
+    page = rows.page
+    columns: list[tuple[str, list[bytes], bool]] = []  # (name, values, is a string)
+    if rows.sensor_ids is not None:
+        columns.append(("sensor_id", rows.sensor_ids, True))
+    columns.append(("ts", format_micros(page.ts), True))
+    if rows.count is not None:
+        columns.append(("count", _values(rows.count), False))
+    columns += [(name, _values(page.columns[name]), False) for name in rows.fields]
+    width = 2 * len(columns) + 1  # (key, value)..., closing
     parts: list[bytes] = [b""] * (n * width)
-    parts[0::width] = [between + b'{"ts":"'] * n
-    parts[0] = b'{"ts":"'
-    for i, (key, values) in enumerate(zip([b"", *keys], columns, strict=True)):
-        if i:
-            parts[2 * i :: width] = [key] * n
+    quoted_before = False
+    for i, (name, values, quoted) in enumerate(columns):
+        key = (b'"' if quoted_before else b"") + (b"," if i else b"{")
+        key += b'"' + name.encode() + b'":' + (b'"' if quoted else b"")
+        parts[2 * i :: width] = [key if i else between + key] * n
         parts[2 * i + 1 :: width] = values
-    parts[width - 1 :: width] = [closing + after] * n
+        quoted_before = quoted
+    parts[width - 1 :: width] = [(b'"' if quoted_before else b"") + b"}" + after] * n
+    parts[0] = parts[0][len(between) :]  # nothing before the first object
     return b"".join(parts)
 
 
@@ -68,26 +91,36 @@ def _values(column: Column) -> list[bytes]:
     return [b"[" + row + b"]" for row in text[2:-2].split(b"],[")]
 
 
-def csv(page: FeaturePage, fields: Sequence[str], widths: dict[str, int]) -> bytes:
-    """RFC 4180: a header row, then one row per frame: ts, the scalars, then each array
-    spread over ``<name>_<k>`` columns (cut or padded with empty cells to the width)."""
+def csv(rows: Rows, widths: dict[str, int], *, header: bool = True) -> bytes:
+    """RFC 4180: a header row (unless this continues a stream), then one row per frame:
+    the leading columns, ts, the scalars, then each array spread over ``<name>_<k>``
+    columns (cut or padded with empty cells to the width)."""
+    page, fields = rows.page, rows.fields
     scalars = [name for name in fields if name in SCALARS]
     arrays = [name for name in fields if name in widths]
-    header = ["ts", *scalars]
-    header += [f"{name}_{k}" for name in arrays for k in range(widths[name])]
-    lines = [",".join(header).encode()]
-    stamps = format_micros(page.ts)
-    if len(page) and len(header) > 1:
+    names = ["sensor_id"] if rows.sensor_ids is not None else []
+    names += ["ts", *(["count"] if rows.count is not None else []), *scalars]
+    names += [f"{name}_{k}" for name in arrays for k in range(widths[name])]
+    lines = [",".join(names).encode()] if header else []
+    cells = format_micros(page.ts)
+    if rows.sensor_ids is not None:
+        cells = [
+            sensor + b"," + stamp for sensor, stamp in zip(rows.sensor_ids, cells, strict=True)
+        ]
+    if rows.count is not None and len(page):
+        counts = _values(rows.count)
+        cells = [row + b"," + count for row, count in zip(cells, counts, strict=True)]
+    if len(page) and (scalars or arrays):
         blocks = [np.column_stack([page.columns[name] for name in scalars])] if scalars else []
         blocks += [_padded(page.columns[name], widths[name]) for name in arrays]
         table = np.hstack(blocks).astype(np.float32, copy=False)
         # One orjson call prints the whole table, "[[a,b],[c,d]]"; padding (NaN)
         # prints as null, which becomes an empty cell.
         text = orjson.dumps(table, option=NUMPY)[2:-2].replace(b"null", b"")
-        stamps = [
-            stamp + b"," + cells for stamp, cells in zip(stamps, text.split(b"],["), strict=True)
-        ]
-    lines += stamps
+        cells = [row + b"," + values for row, values in zip(cells, text.split(b"],["), strict=True)]
+    lines += cells
+    if not lines:
+        return b""
     lines.append(b"")
     return b"\r\n".join(lines)
 

@@ -55,6 +55,10 @@ async def run(
         lifespan="off",
         log_config=None,
         access_log=False,
+        # X-Forwarded-For is believed by the rate limit, from SOUNDSTREAM_TRUSTED_PROXIES
+        # only; uvicorn's own handling would rewrite the client address for any
+        # request from 127.0.0.1 (or $FORWARDED_ALLOW_IPS).
+        proxy_headers=False,
         timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_S,
     )
     server = _Server(config)

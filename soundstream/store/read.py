@@ -11,9 +11,10 @@ Python object per frame or value. Every identifier in generated SQL comes from
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import numpy as np
@@ -23,12 +24,35 @@ from soundstream.store import pgcopy
 
 # Frames per features page: the default, and the most one request may read.
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 10_000
+# Sensors per page of the sensor list.
+MAX_SENSORS_PAGE = 1000
 
 # ``missing_seq`` lists at most this many ranges, the lowest seqs first, so that a
 # sensor with pathological loss cannot make its status answer unbounded. Lowest
 # first keeps the list stable while new chunks arrive.
 MAX_MISSING_RANGES = 1000
 _MICROSECOND = timedelta(microseconds=1)
+
+
+class Connections(Protocol):
+    """Where reads get a connection: an asyncpg pool, or ``BoundedPool``."""
+
+    def acquire(self) -> AbstractAsyncContextManager[asyncpg.Connection]: ...
+
+
+class BoundedPool:
+    """The API's pool, waited on for at most ``timeout_s`` a request: past that the
+    request fails (``TimeoutError``, answered 503) instead of queueing without bound
+    behind slow ones."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout_s: float) -> None:
+        self._pool = pool
+        self._timeout_s = timeout_s
+
+    def acquire(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        acquiring: AbstractAsyncContextManager[asyncpg.Connection]
+        acquiring = self._pool.acquire(timeout=self._timeout_s)
+        return acquiring
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,20 +139,30 @@ ORDER BY f.start_ts, f.seq
 """
 
 
-async def list_sensors(pool: asyncpg.Pool) -> list[Sensor]:
-    rows = await pool.fetch(_SUMMARY.format(where=""))
+async def list_sensors(
+    pool: Connections, *, after: str | None = None, limit: int = MAX_SENSORS_PAGE
+) -> list[Sensor]:
+    """Sensors in id order, after ``after``, at most ``limit``."""
+    sql = _SUMMARY.format(where="WHERE sensor_id > $1") + " LIMIT $2"
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(sql, after or "", limit)
     return [Sensor(*row[:5]) for row in rows]
 
 
-async def sensor_status(pool: asyncpg.Pool, sensor_id: str) -> SensorStatus | None:
+async def sensor_status(pool: Connections, sensor_id: str) -> SensorStatus | None:
     async with pool.acquire() as conn:
         row = await conn.fetchrow(_SUMMARY.format(where="WHERE sensor_id = $1"), sensor_id)
         if row is None:
             return None
         expired = row["expired_through_seq"]
-        gaps = await conn.fetch(
-            _MISSING_SEQ, sensor_id, row["last_seq"], -1 if expired is None else expired
-        )
+        kept_from = 0 if expired is None else expired + 1
+        gaps = []
+        # Every seq from the first kept to the last is there (the count says so):
+        # no gap, and no need to walk the sensor's history.
+        if row["chunks"] < row["last_seq"] - kept_from + 1:
+            gaps = await conn.fetch(
+                _MISSING_SEQ, sensor_id, row["last_seq"], -1 if expired is None else expired
+            )
     return SensorStatus(
         summary=Sensor(*row[:5]),
         last_seq=row["last_seq"],
@@ -138,7 +172,7 @@ async def sensor_status(pool: asyncpg.Pool, sensor_id: str) -> SensorStatus | No
 
 
 async def features(
-    pool: asyncpg.Pool,
+    pool: Connections,
     sensor_id: str,
     *,
     start: datetime,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import base64
+import hashlib
 import inspect
 import random
 import re
@@ -20,17 +22,25 @@ from starlette.routing import Mount, Route
 
 from soundstream import config
 from soundstream.core import fields
+from soundstream.core.timefmt import to_micros
 from soundstream.http import app as api
-from soundstream.http import cursor, openapi
+from soundstream.http import cursor, openapi, problems, query
+from soundstream.http import features as feature_routes
 from soundstream.store import read
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HOP = timedelta(microseconds=32_000)
 KEY = "k" * 20
 OTHER_KEY = "another-key-0123456789"
-API = config.load({}, roles=frozenset({"api"}))
+# Loopback and no rate limit: these tests make hundreds of requests from one address;
+# the limits have tests of their own (test_api_limits.py).
+API = config.load({}, roles=frozenset({"api"}), http_host="127.0.0.1", rate_limit=0.0)
 SCALARS = list(fields.SCALARS)
 OFFLINE = "postgresql://postgres@127.0.0.1:1/none"
+
+
+def digests(*keys: str) -> tuple[bytes, ...]:
+    return tuple(config.key_digest(key) for key in keys)
 
 
 def iso(value: datetime) -> str:
@@ -190,7 +200,7 @@ def assert_problem(
 
 
 async def test_lists_sensors(pool: asyncpg.Pool, client: httpx.AsyncClient) -> None:
-    assert (await client.get("/v1/sensors")).json() == {"sensors": []}
+    assert (await client.get("/v1/sensors")).json() == {"sensors": [], "next": None}
     await add_sensor(pool, "mic-2", [0, 1], frames=62)
     await add_sensor(pool, "mic-1", [0])  # a chunk too short for a frame
     answer = await client.get("/v1/sensors")
@@ -206,8 +216,35 @@ async def test_lists_sensors(pool: asyncpg.Pool, client: httpx.AsyncClient) -> N
                 "chunks": 2,
                 "frames": 62,
             },
-        ]
+        ],
+        "next": None,
     }
+
+
+async def test_the_sensor_list_pages_in_id_order(
+    pool: asyncpg.Pool, client: httpx.AsyncClient
+) -> None:
+    names = [f"mic-{k:02d}" for k in range(7)]
+    for name in reversed(names):
+        await add_sensor(pool, name, [0])
+    seen: list[str] = []
+    token = None
+    while True:
+        answer = await client.get(
+            "/v1/sensors", params={"limit": 3, **({"cursor": token} if token else {})}
+        )
+        assert answer.status_code == 200
+        body = answer.json()
+        seen += [sensor["sensor_id"] for sensor in body["sensors"]]
+        token = body["next"]
+        if token is None:
+            assert "link" not in answer.headers
+            break
+        assert answer.headers["x-next-cursor"] == token
+    assert seen == names
+    for bad in ("0", "1001", "x"):
+        assert_problem(await client.get(f"/v1/sensors?limit={bad}"), 400, "limit")
+    assert_problem(await client.get("/v1/sensors?cursor=a%20b"), 400, "cursor")
 
 
 async def test_status_reports_missing_seq_ranges(
@@ -472,7 +509,18 @@ async def test_fields_choose_columns(
 
 
 GOOD = f"start={iso(T0)}&end={iso(ts(10))}"
-FOREIGN_CURSOR = cursor.encode("mic-1", T0 - HOP, ts(10), T0)
+CURSORS = cursor.Cursors(API.cursor_secret)
+
+
+def cursor_for(sensor_id: str, start: datetime, end: datetime, after: datetime) -> str:
+    scope = cursor.Scope((sensor_id,), to_micros(start), to_micros(end))
+    return CURSORS.encode(scope, cursor.Position(to_micros(after)))
+
+
+FOREIGN_CURSOR = cursor_for("mic-1", T0 - HOP, ts(10), T0)
+FORGED_CURSOR = cursor.Cursors(b"another key, not the API's").encode(
+    cursor.Scope(("mic-1",), to_micros(T0), to_micros(ts(10))), cursor.Position(to_micros(T0))
+)
 
 
 @pytest.mark.parametrize(
@@ -500,7 +548,8 @@ FOREIGN_CURSOR = cursor.encode("mic-1", T0 - HOP, ts(10), T0)
         ("mic-1", f"{GOOD}&limit=1&limit=2", "limit"),
         ("mic-1", f"{GOOD}&cursor=not-a-cursor", "cursor"),
         ("mic-1", f"{GOOD}&cursor={FOREIGN_CURSOR}", "cursor"),
-        ("mic-2", f"{GOOD}&cursor={cursor.encode('mic-1', T0, ts(10), T0)}", "cursor"),
+        ("mic-2", f"{GOOD}&cursor={cursor_for('mic-1', T0, ts(10), T0)}", "cursor"),
+        ("mic-1", f"{GOOD}&cursor={FORGED_CURSOR}", "cursor"),
         ("mic-1", f"{GOOD}&format=xml", "format"),
         ("mic-1", f"{GOOD}&format=JSON", "format"),
         ("mic%201", GOOD, "sensor_id"),
@@ -612,7 +661,7 @@ async def test_routing_errors_are_problems(client: httpx.AsyncClient) -> None:
 
 
 async def test_bearer_keys_guard_v1_only(pool: asyncpg.Pool) -> None:
-    settings = config.replace(API, api_keys=(KEY, OTHER_KEY))
+    settings = config.replace(API, api_key_digests=digests(KEY, OTHER_KEY))
     app = api.create_app(settings, pool=pool, ready=ready_ok)
     async with client_for(app) as client:
         for authorization in (
@@ -678,14 +727,14 @@ async def test_a_failing_readiness_check_is_not_ready() -> None:
 
 
 async def test_ingest_only_serves_no_v1() -> None:
-    settings = config.load({}, roles=frozenset({"ingest"}), api_keys=(KEY,))
+    settings = config.load({}, roles=frozenset({"ingest"}), api_key_digests=digests(KEY))
     app = api.create_app(settings, pool=None, ready=ready_ok)
     async with client_for(app) as client:
         for path in ("/v1/sensors", "/v1/sensors/mic-1", "/v1/sensors/mic-1/features"):
             assert_problem(await client.get(path), 404)
         document = (await client.get("/openapi.json")).json()
     assert not [path for path in document["paths"] if path.startswith("/v1")]
-    assert document == openapi.document(api=False, auth=True)
+    assert document == openapi.document(settings)
 
 
 def test_api_role_needs_a_pool() -> None:
@@ -730,7 +779,7 @@ def parameters_read_by(module: ModuleType) -> set[str]:
                 for a in node.args
                 if isinstance(a, ast.Constant) and isinstance(a.value, str)
             ]
-            if name in {"_one", "_timestamp", "getlist"} and literal:
+            if name in {"one", "_timestamp", "getlist", "bounded_int"} and literal:
                 names.add(literal[0])
     return names
 
@@ -754,13 +803,13 @@ def all_refs(node: Any) -> list[str]:
 
 
 async def test_openapi_describes_every_route(pool: asyncpg.Pool) -> None:
-    settings = config.replace(API, api_keys=(KEY,))
+    settings = config.replace(API, api_key_digests=digests(KEY))
     app = api.create_app(settings, pool=pool, ready=ready_ok)
     async with client_for(app) as client:
         answer = await client.get("/openapi.json")
     assert answer.headers["content-type"] == "application/json"
     document = answer.json()
-    assert document == openapi.document(api=True, auth=True)
+    assert document == openapi.document(settings)
 
     assert document["openapi"] == "3.1.0"
     assert isinstance(document["info"]["title"], str) and isinstance(
@@ -785,34 +834,75 @@ async def test_openapi_describes_every_route(pool: asyncpg.Pool) -> None:
             assert in_path == set(re.findall(r"{(\w+)}", path))
             assert all(p["required"] for p in parameters if p["in"] == "path")
             for status, response in operation["responses"].items():
-                assert re.fullmatch(r"[1-5]\d\d", status) and response["description"]
+                assert re.fullmatch(r"[1-5]\d\d", status)
+                assert resolve(document, response)["description"]
             if path.startswith("/v1"):
                 assert operation["security"] == [{"bearer": []}]
-                assert "401" in operation["responses"]
+                assert {"401", "429", "503"} <= set(operation["responses"])
+                for status, response in operation["responses"].items():
+                    if status != "200":
+                        problem = resolve(document, response)
+                        assert set(problem["content"]) == {problems.MEDIA_TYPE}
     assert len(operation_ids) == len(set(operation_ids))
     assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    for name in ("TooManyRequests", "Unavailable"):
+        assert "Retry-After" in document["components"]["responses"][name]["headers"]
+    assert parameters_read_by(api) <= declared
 
-    features = document["paths"]["/v1/sensors/{sensor_id}/features"]["get"]
-    params = {p["name"]: p for p in (resolve(document, ref) for ref in features["parameters"])}
-    assert parameters_read_by(api) <= set(params) <= declared
-    assert set(params) == {"sensor_id", "start", "end", "fields", "limit", "cursor", "format"}
-    assert params["start"]["required"] and params["end"]["required"]
-    assert params["limit"]["schema"]["minimum"] == 1
-    assert params["limit"]["schema"]["maximum"] == read.MAX_LIMIT
-    assert params["limit"]["schema"]["default"] == read.DEFAULT_LIMIT
-    assert params["format"]["schema"]["enum"] == list(api.FORMATS)
-    assert params["fields"]["schema"]["items"]["enum"] == ["ts", *fields.FEATURE_FIELDS]
-    assert set(features["responses"]["200"]["content"]) == {
-        "application/json",
-        "application/x-ndjson",
-        "text/csv",
-    }
+
+def test_openapi_describes_the_feature_routes() -> None:
+    settings = config.replace(API, max_sensors=7)
+    document = openapi.document(settings)
+    read_by_features = parameters_read_by(feature_routes) | parameters_read_by(query)
+    for path in ("/v1/sensors/{sensor_id}/features", "/v1/features"):
+        operation = document["paths"][path]["get"]
+        params = {p["name"]: p for p in (resolve(document, ref) for ref in operation["parameters"])}
+        assert set(params) == read_by_features, path
+        assert params["sensor_id"]["required"]
+        assert params["start"]["required"] and params["end"]["required"]
+        assert params["limit"]["schema"]["minimum"] == 1
+        assert params["limit"]["schema"]["maximum"] == read.MAX_LIMIT
+        assert "default" not in params["limit"]["schema"]  # JSON pages; the rest stream
+        assert params["format"]["schema"]["enum"] == list(query.FORMATS)
+        assert params["agg"]["schema"]["enum"] == list(query.AGGREGATES)
+        assert params["fields"]["schema"]["items"]["enum"] == ["ts", *fields.FEATURE_FIELDS]
+        assert re.fullmatch(params["resolution"]["schema"]["pattern"], "100ms")
+        ok = operation["responses"]["200"]
+        assert set(ok["content"]) == {
+            media_type.split(";")[0] for media_type in feature_routes.MEDIA_TYPES.values()
+        }
+        assert {"Link", "X-Next-Cursor", "RateLimit-Remaining"} <= set(ok["headers"])
+    several = resolve(document, document["paths"]["/v1/features"]["get"]["parameters"][0])
+    assert several["in"] == "query" and several["explode"]
+    assert several["schema"]["maxItems"] == settings.max_sensors
 
 
 def test_openapi_without_keys_has_no_security() -> None:
-    document = openapi.document(api=True, auth=False)
+    document = openapi.document(API)
     assert "securitySchemes" not in document["components"]
-    assert all("security" not in op for item in document["paths"].values() for op in item.values())
+    for item in document["paths"].values():
+        for operation in item.values():
+            assert "security" not in operation and "401" not in operation["responses"]
+
+
+async def test_docs_page_is_self_contained() -> None:
+    app = api.create_app(config.load({}, roles=frozenset({"ingest"})), pool=None, ready=ready_ok)
+    async with client_for(app) as client:
+        answer = await client.get("/docs")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/html")
+    page = answer.text
+    assert "/openapi.json" in page
+    # Nothing from another host: no absolute URL, no external script, style or image.
+    assert not re.search(r"https?://", page, re.IGNORECASE)
+    assert not re.search(r"\ssrc=|<link|@import|url\(", page, re.IGNORECASE)
+    policy = answer.headers["content-security-policy"]
+    assert "default-src 'none'" in policy
+    # The inline style and script are allowed by their hashes, and only they are.
+    for tag in ("style", "script"):
+        (inline,) = re.findall(rf"<{tag}>(.*?)</{tag}>", page, re.DOTALL)
+        digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+        assert f"{tag}-src 'sha256-{digest}'" in policy
 
 
 def _junk(rng: random.Random) -> str:

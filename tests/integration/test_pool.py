@@ -20,7 +20,7 @@ from soundstream.core.records import Job
 from soundstream.ingest import worker
 from soundstream.ingest.pool import ExtractionPool, WorkerDied, open_pool
 
-PARAMS = config.load({}).features
+PARAMS = config.load({}, roles=frozenset({"ingest"})).features
 
 
 def job(seq: int, rate: int = 16_000) -> Job:

@@ -51,7 +51,9 @@ async def broker(amqp_names: dict[str, str]) -> AsyncIterator[Broker]:
         await channel.exchange_declare(exchange, exchange_type="topic", durable=True)
         await channel.queue_declare(queue, auto_delete=False)
         await channel.queue_bind(queue, exchange, routing_key="sensor.#")
-        settings = config.load({}, amqp_url=AMQP_URL, audio_exchange=exchange)
+        settings = config.load(
+            {}, amqp_url=AMQP_URL, audio_exchange=exchange, http_host="127.0.0.1"
+        )
         yield Broker(settings, channel, queue)
         await channel.queue_delete(queue)
         await channel.exchange_delete(exchange)
@@ -211,7 +213,7 @@ async def test_cancel_closes_the_connection(
 
 
 async def test_bad_options_fail_before_connecting() -> None:
-    settings = config.load({}, amqp_url="amqp://nobody@127.0.0.1:1/")
+    settings = config.load({}, amqp_url="amqp://nobody@127.0.0.1:1/", http_host="127.0.0.1")
     with pytest.raises(ValueError, match="sensors"):
         await simulate(settings, SimulateOptions(sensors=0, seconds=1))
     with pytest.raises(ValueError, match="encoding"):

@@ -24,7 +24,9 @@ def handed(n: int = 100) -> Flow:
 
 def settings(**values: int) -> config.Settings:
     return config.load(
-        {}, **{"batch_max_chunks": 4, "batch_max_frames": 100, "batch_max_wait_ms": 50, **values}
+        {},
+        roles=frozenset({"ingest"}),
+        **{"batch_max_chunks": 4, "batch_max_frames": 100, "batch_max_wait_ms": 50, **values},
     )
 
 
