@@ -9,10 +9,11 @@ Fill: a fresh database with the day partitions around 2026-01-01; one sensor's
 and hop: 2,592,000 frames for a day), chunk k starting ``k`` seconds plus
 ``--phase-us`` after midnight UTC (sensor clocks do not cut chunks on whole seconds;
 0 puts every chunk inside one 1 s bucket). The ``chunk_frames`` rows are built with
-numpy in the stored binary COPY format, all of them at once, random features, and
-copied in; the row layout is checked byte for byte against ``pgcopy.chunk_row`` first.
-Then ``frame_span`` is set, the partition vacuumed and its key columns analyzed
-(autovacuum is off for it, so nothing runs behind the timings).
+numpy in the stored binary COPY format, 3,600 rows at a time and a column at a time
+for all of them (random features), and copied in; the row layout is checked byte for
+byte against ``pgcopy.chunk_row`` first. Then ``frame_span`` is set, the partitions
+vacuumed and their key columns analyzed (autovacuum is off for them, so nothing runs
+behind the timings).
 
 Timed, each ``--runs`` times after one unmeasured call, on a pool as the API has it:
 
@@ -26,7 +27,7 @@ Timed, each ``--runs`` times after one unmeasured call, on a pool as the API has
   decoded with numpy (what ``buckets()`` does), and as one row per bucket turned into
   numpy arrays in Python.
 
-Checks the 1 s answer (86,400 buckets, frames per bucket, the day's frame count) and
+Checks the 1 s answer (a bucket per second, and every frame of the day counted) and
 the 1 h means of ``rms`` against numpy over the generated values. Prints the figures
 and writes them to ``bench/results/downsample-<UTC time>.json``. Drops its database
 at the end unless ``--keep``. Needs the local PostgreSQL.

@@ -88,7 +88,11 @@ class Cursors:
                 " resolution and agg unchanged",
             )
         position = Position(document["t"], document["i"])
-        if not (scope.start_us <= position.ts_us < scope.end_us) or not (
+        # A downsampled page's first bucket starts at or before ``start``.
+        low = scope.start_us
+        if scope.resolution_us:
+            low -= low % scope.resolution_us
+        if not (low <= position.ts_us < scope.end_us) or not (
             0 <= position.sensor < len(scope.sensors)
         ):
             raise BadRequest(PARAMETER, "cursor points outside the range of its query")

@@ -127,7 +127,7 @@ class FeatureRoutes:
             since = from_micros(after[0]) if after else None
             page = await read_one(q.sensors[0], since)
             return MergedPage(page, np.zeros(len(page), np.intp))
-        return await read_merged(read_one, q.sensors, limit=limit, after=after, start=q.start)
+        return await read_merged(read_one, q.sensors, limit=limit, after=after)
 
     def _reader(self, q: FeatureQuery, limit: int) -> ReadOne:
         pool, resolution = self._pool, q.resolution_us

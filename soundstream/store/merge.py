@@ -41,7 +41,6 @@ async def read_merged(
     *,
     limit: int,
     after: tuple[int, int] | None,
-    start: datetime,
 ) -> MergedPage:
     """The next ``limit`` rows of ``sensors`` (sorted ids) after ``after`` = (ts µs,
     sensor index) of the last row already returned."""
@@ -51,8 +50,6 @@ async def read_merged(
         if after is not None:
             ts_us, last = after
             since = from_micros(ts_us if k <= last else ts_us - 1)
-            if since < start:
-                since = None
         pages.append(await read_one(sensor_id, since))
     return merge(pages, limit)
 

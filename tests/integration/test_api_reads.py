@@ -226,3 +226,32 @@ async def test_streaming_an_hour_of_48k_frames_keeps_memory_flat(
     assert quarter is not None and highest - quarter < 16 * 2**20, (quarter, highest)
     grew = (highest - before) / 2**20
     print(f"\n[stream] {size / 2**20:.0f} MiB in {lines} lines; RSS grew {grew:.1f} MiB")
+
+
+async def test_downsampled_pages_follow_on_from_a_mid_bucket_start(
+    pool: asyncpg.Pool, client: httpx.AsyncClient
+) -> None:
+    await add_frames(pool, "mic-a", 200)  # 6.4 s of frames, 32 ms apart
+    await add_frames(pool, "mic-b", 100)
+    # start 0.5 s into the first second: its bucket still starts on the second.
+    window = "start=2026-01-01T00:00:00.5Z&end=2026-01-01T00:00:07Z&resolution=1s&fields=rms"
+    whole = (await client.get(f"/v1/sensors/mic-a/features?{window}")).json()["frames"]
+    assert [row["ts"] for row in whole] == [f"2026-01-01T00:00:0{k}.000000Z" for k in range(7)]
+    assert all(list(row) == ["ts", "count", "rms"] for row in whole)
+    assert sum(row["count"] for row in whole) == 200 - 16  # frames before 0.5 s left out
+    one_by_one = await pages(client, f"/v1/sensors/mic-a/features?{window}&limit=1")
+    assert one_by_one == whole
+    both = await pages(client, f"/v1/features?sensor_id=mic-a&sensor_id=mic-b&{window}&limit=2")
+    assert [(row["ts"][:19], row["sensor_id"]) for row in both] == sorted(
+        [(row["ts"][:19], "mic-a") for row in whole]
+        + [(f"2026-01-01T00:00:0{k}", "mic-b") for k in range(4)]
+    )
+    assert_problem(
+        await client.get(f"/v1/sensors/mic-a/features?{window}&fields=mel"), 400, "fields"
+    )
+    assert_problem(await client.get(f"/v1/sensors/mic-a/features?{window}&agg=median"), 400, "agg")
+    assert_problem(
+        await client.get(f"/v1/sensors/mic-a/features?{window.replace('1s', '10us')}"),
+        400,
+        "resolution",
+    )

@@ -54,9 +54,8 @@ def chunk(
     received_us: int | None = None,
     seed: int | None = None,
 ) -> Written:
-    samples = tone(
-        seconds, RATE, freqs=(440.0 + 37 * seq, 1250.0 + 113 * seq), seed=seq if seed is None else seed
-    )
+    freqs = (440.0 + 37 * seq, 1250.0 + 113 * seq)  # each chunk its own signal
+    samples = tone(seconds, RATE, freqs=freqs, seed=seq if seed is None else seed)
     received = START_US + seq if received_us is None else received_us
     delivery = Delivery(1, Chunk(sensor, seq, start_us * 1000, RATE, samples), received)
     features = EXTRACT(samples, RATE)
@@ -434,6 +433,7 @@ async def test_only_scalars_and_known_aggregates_reach_sql(api: asyncpg.Pool) ->
         ("86400s", 86_400_000_000),
         ("86400000ms", 86_400_000_000),
         ("1d", 86_400_000_000),
+        pytest.param("0" * 5000 + "1d", 86_400_000_000, id="zeros then 1d"),
     ],
 )
 def test_resolutions_from_100ms_to_a_day_are_read(text: str, micros: int) -> None:
@@ -469,8 +469,8 @@ def test_resolutions_from_100ms_to_a_day_are_read(text: str, micros: int) -> Non
         "0x10s",
         "\u0661s",  # an Arabic-Indic digit one
         "\uff11s",  # a fullwidth digit one
-        "9" * 5000 + "s",  # past the digits int() converts
-        "0" * 5000 + "1s",
+        pytest.param("9" * 5000 + "s", id="5000 digits"),  # past the digits int() converts
+        pytest.param("0" * 5000 + "99ms", id="zeros then 99ms"),
     ],
 )
 def test_anything_else_is_a_bad_resolution(text: str) -> None:

@@ -64,7 +64,7 @@ async def test_api_role_needs_no_broker(settings: config.Settings) -> None:
     # An unreachable broker: the api role must not even try it.
     s = config.replace(settings, roles=frozenset({"api"}), amqp_url="amqp://nobody:x@127.0.0.1:1/")
     async with running(s) as service:
-        assert (await service.get("/v1/sensors")).json() == {"sensors": []}
+        assert (await service.get("/v1/sensors")).json() == {"sensors": [], "next": None}
         assert (await service.get("/healthz")).status_code == 200
 
 

@@ -68,7 +68,7 @@ def test_paging_gives_the_rows_of_one_big_merge(sensors: list[list[int]], limit:
         seen: list[tuple[int, int]] = []
         after: tuple[int, int] | None = None
         for _ in range(1000):
-            merged = await read_merged(read_one, names, limit=limit, after=after, start=START)
+            merged = await read_merged(read_one, names, limit=limit, after=after)
             seen += list(zip(merged.page.ts.tolist(), merged.sensor.tolist(), strict=True))
             if not merged.page.more:
                 return seen
