@@ -36,5 +36,6 @@ bench: install services
 	$(BIN)/python bench/pipeline.py --runs 3
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/readpath.py
+	$(BIN)/python bench/readapi.py
 	$(BIN)/python bench/freshness.py
 	$(BIN)/python bench/scaleout.py

@@ -14,7 +14,7 @@ fill, which checks the layout against ``pgcopy.chunk_row`` byte for byte). The s
 2,592,000 frames are then unnested into the baseline's per-frame table,
 ``bare_frames`` (every feature a column, mel/mfcc as ``real[]``; unlogged, which
 changes nothing for reads), with primary key ``(sensor_id, ts)``; VACUUM ANALYZE and
-a CHECKPOINT follow, so no write-back runs behind the timings. About 45 s. With
+a CHECKPOINT follow, so no write-back runs behind the timings. About a minute. With
 ``--keep`` the database is left (its URL printed) and ``--database URL`` runs on it
 again without filling.
 

@@ -68,6 +68,57 @@ async def test_api_role_needs_no_broker(settings: config.Settings) -> None:
         assert (await service.get("/healthz")).status_code == 200
 
 
+async def test_a_slow_query_and_a_full_pool_answer_503_not_a_queue(
+    settings: config.Settings,
+) -> None:
+    s = config.replace(
+        settings,
+        roles=frozenset({"api"}),
+        amqp_url="amqp://nobody:x@127.0.0.1:1/",
+        query_timeout_s=1.0,
+        pool_timeout_s=0.2,
+        db_pool_size=1,
+    )
+    path = "/v1/sensors/mic-1/features"
+    minute = {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:01:00Z"}
+    locker = await asyncpg.connect(s.database_url)
+    try:
+        async with running(s) as service:
+            # Every read of the frames now waits on this lock.
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute("LOCK TABLE chunk_frames IN ACCESS EXCLUSIVE MODE")
+            answers: dict[str, httpx.Response] = {}
+
+            async def slow() -> None:
+                answers["slow"] = await service.get(path, **minute)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(slow)
+                # The only connection is taken by the waiting query: the next request
+                # is turned away once its wait for a connection runs out.
+                await wait_for(lambda: locker.fetchval(_WAITING))
+                started = time.monotonic()
+                answers["queued"] = await service.get(path, **minute)
+                waited = time.monotonic() - started
+            await transaction.rollback()
+            # PostgreSQL cancelled the slow one at the statement timeout.
+            for answer in answers.values():
+                assert answer.status_code == 503, answer.text
+                assert answer.headers["retry-after"]
+                assert answer.headers["content-type"] == "application/problem+json"
+            assert waited < 1.0
+            assert (await service.get(path, **minute)).status_code == 200  # the lock is gone
+            assert (await service.get("/readyz")).status_code != 500
+    finally:
+        await locker.close()
+
+
+_WAITING = """
+SELECT count(*) > 0 FROM pg_locks WHERE NOT granted
+"""
+
+
 async def test_ingest_role_serves_health_but_not_features(topology: config.Settings) -> None:
     s = config.replace(topology, roles=frozenset({"ingest"}))
     async with running(s) as service:
