@@ -298,31 +298,28 @@ def test_loopback_serves_without_keys(host: str) -> None:
     assert s.api and not s.api_key_digests and not s.open_api
 
 
-def test_cli_refuses_an_open_api_it_was_not_asked_for() -> None:
+def serve_with(env: dict[str, str]) -> list[str]:
+    """``soundstream serve`` with only ``env`` set: asserts it exits 2 before doing
+    anything, and returns what it printed on stderr, line by line."""
     result = subprocess.run(
         [sys.executable, "-m", "soundstream", "serve"],
-        env={"SOUNDSTREAM_ROLES": "api", "PATH": "/usr/bin:/bin"},
+        env={**env, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+    return result.stderr.strip().splitlines()
+
+
+def test_cli_refuses_an_open_api_it_was_not_asked_for() -> None:
+    lines = serve_with({"SOUNDSTREAM_ROLES": "api"})
     assert lines == ["soundstream: configuration error: " + OPEN_API_REFUSED.format(host="0.0.0.0")]
 
 
 def test_cli_exits_2_with_one_line_naming_the_variable() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "soundstream", "serve"],
-        env={"SOUNDSTREAM_HTTP_PORT": "eighty", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+    lines = serve_with({"SOUNDSTREAM_HTTP_PORT": "eighty"})
     assert len(lines) == 1
     assert "SOUNDSTREAM_HTTP_PORT" in lines[0] and "eighty" in lines[0]
 
