@@ -1,6 +1,6 @@
 """Peak resident memory of one ``soundstream serve`` replica while it drains a backlog.
 
-    .venv/bin/python bench/memory.py [--small 100000] [--large 200] [--skip-small]
+    .venv/bin/python bench/memory.py [--small 100000] [--large 300] [--skip-small]
                                      [--skip-large] [--timeout 600]
     SOUNDSTREAM_MAX_HELD_MB=256 .venv/bin/python bench/memory.py   # settings pass through
 
@@ -730,7 +730,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", type=int, default=100_000, help="chunks of 1,600 bytes")
     parser.add_argument(
-        "--large", type=int, default=200, help="chunks of 8 MiB (more than the default prefetch)"
+        "--large", type=int, default=300, help="chunks of 8 MiB (more than the default prefetch)"
     )
     parser.add_argument("--skip-small", action="store_true")
     parser.add_argument("--skip-large", action="store_true")
