@@ -881,9 +881,12 @@ async def mid_stream(
     *,
     stored_first: int,
 ) -> MidStream:
-    """Replica ``a`` (batches of 4 chunks) ready; ``per_sensor`` chunks of each sensor
-    published; ``stored_first`` of them committed: the moment to inject a fault."""
-    a = cluster.start("a", SOUNDSTREAM_BATCH_MAX_CHUNKS="4")
+    """Replica ``a`` (batches of 4 chunks, 4 deliveries out at a time) ready;
+    ``per_sensor`` chunks of each sensor published; ``stored_first`` of them
+    committed: the moment to inject a fault. The small prefetch keeps ``a`` a few
+    seconds behind the publisher, so the fault finds it mid-stream (at full speed it
+    drains the backlog as fast as it is published)."""
+    a = cluster.start("a", SOUNDSTREAM_BATCH_MAX_CHUNKS="4", SOUNDSTREAM_PREFETCH="4")
     await a.wait_ready()
     start = await cluster.broker.footprint()
     async with Publisher(cluster.broker) as publisher:

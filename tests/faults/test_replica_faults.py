@@ -38,14 +38,15 @@ async def test_sigkill_of_a_replica_mid_batch_loses_and_doubles_nothing(
     a, b = cluster.start("a", **options), cluster.start("b", **options)
     await a.wait_ready()
     await b.wait_ready()
-    async with Publisher(broker) as publisher:
-        total = await publisher.chunks(SENSORS, range(150))
-    await wait_until(lambda: a.count("batch_written") > 0, within=30, what="a commits batches")
-
-    # Hold every commit: A is then in the middle of a batch (its transaction waits
-    # on the lock) and holds deliveries it has not acked.
     lock = TableLock(store.url)
-    await lock.acquire()
+    async with Publisher(broker) as publisher:
+        total = await publisher.chunks(SENSORS, range(8))
+        await wait_until(lambda: a.count("batch_written") > 0, within=30, what="a commits")
+        # Hold every commit: A is then in the middle of a batch (its transaction
+        # waits on the lock) and holds deliveries it has not acked. The rest goes
+        # out only now: a drains faster than it could be published.
+        await lock.acquire()
+        total += await publisher.chunks(SENSORS, range(8, 150))
     try:
         await wait_until(lambda: lock.waiting("a"), within=15, what="a's batch waits on the lock")
         held = await wait_until(
@@ -124,11 +125,13 @@ async def test_sigterm_past_the_drain_deadline_exits_0_and_leaves_the_rest_to_re
     )
     await a.wait_ready()
     async with Publisher(broker) as publisher:
-        total = await publisher.chunks(SENSORS, range(100))
-    await store.wait_chunks(16, within=30)
-
-    lock = TableLock(store.url)
-    await lock.acquire()
+        total = await publisher.chunks(SENSORS, range(4))
+        await store.wait_chunks(16, within=30)
+        # The rest goes out only once commits are held: a drains faster than it
+        # could be published, so only then is it sure to be mid-batch.
+        lock = TableLock(store.url)
+        await lock.acquire()
+        total += await publisher.chunks(SENSORS, range(4, 100))
     try:
         await wait_until(lambda: lock.waiting("a"), within=15, what="a's batch waits on the lock")
         held = await wait_until(
