@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 import asyncpg
@@ -75,15 +75,20 @@ def create_app(database: str, pool_size: int) -> Starlette:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def serve(create: Callable[[str, int], Starlette], doc: str | None) -> None:
+    """Parse the bare server's options and serve ``create(database, pool_size)``."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--database", required=True, help="PostgreSQL URL")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--pool-size", type=int, default=4, help="asyncpg pool connections")
     args = parser.parse_args()
-    app = create_app(args.database, args.pool_size)
+    app = create(args.database, args.pool_size)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+def main() -> None:
+    serve(create_app, __doc__)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ body.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -42,8 +41,8 @@ import asyncpg
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
-import uvicorn
 from bare import QUERY as FRAMES_QUERY
+from bare import serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -166,14 +165,7 @@ def create_app(database: str, pool_size: int) -> Starlette:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database", required=True, help="PostgreSQL URL")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8081)
-    parser.add_argument("--pool-size", type=int, default=4, help="asyncpg pool connections")
-    args = parser.parse_args()
-    app = create_app(args.database, args.pool_size)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    serve(create_app, __doc__)
 
 
 if __name__ == "__main__":
