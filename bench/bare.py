@@ -39,7 +39,11 @@ ORDER BY ts LIMIT 1000
 """
 
 
-def create_app(database: str, pool_size: int) -> Starlette:
+Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]
+
+
+def pooled(database: str, pool_size: int) -> tuple[list[asyncpg.Pool], Lifespan]:
+    """A lifespan that opens one asyncpg pool, and the list it puts the pool in."""
     pools: list[asyncpg.Pool] = []
 
     @contextlib.asynccontextmanager
@@ -50,6 +54,12 @@ def create_app(database: str, pool_size: int) -> Starlette:
             yield
         finally:
             await pool.close()
+
+    return pools, lifespan
+
+
+def create_app(database: str, pool_size: int) -> Starlette:
+    pools, lifespan = pooled(database, pool_size)
 
     async def features(request: Request) -> Response:
         query = request.query_params

@@ -32,8 +32,6 @@ body.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,7 +40,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from bare import QUERY as FRAMES_QUERY
-from bare import serve
+from bare import pooled, serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -109,16 +107,7 @@ def parquet_bytes(rows: list[asyncpg.Record]) -> bytes:
 
 
 def create_app(database: str, pool_size: int) -> Starlette:
-    pools: list[asyncpg.Pool] = []
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(database, min_size=pool_size, max_size=pool_size)
-        pools.append(pool)
-        try:
-            yield
-        finally:
-            await pool.close()
+    pools, lifespan = pooled(database, pool_size)
 
     async def features(request: Request) -> Response:
         try:

@@ -94,10 +94,13 @@ class _Worker:
                 (size,) = worker.FRAME.unpack(await replies.receive_exactly(worker.FRAME.size))
                 ok, value = pickle.loads(await replies.receive_exactly(size))
                 self.pending.popleft().resolve(ok, value)
-        except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError):
-            pass
-        except anyio.ClosedResourceError:
-            pass
+        except (
+            anyio.IncompleteRead,
+            anyio.EndOfStream,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+        ):
+            pass  # the worker or its socket is gone
         finally:
             self.alive = False
             while self.pending:

@@ -36,12 +36,6 @@ RANGE = f"start={iso(ts(0))}&end={iso(ts(100))}"
 
 
 @pytest.fixture
-async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
-    async with asyncpg.create_pool(database, min_size=1, max_size=4) as pool:
-        yield pool
-
-
-@pytest.fixture
 async def client(pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
     async with client_for(api.create_app(API, pool=pool, ready=ready_ok)) as client:
         yield client

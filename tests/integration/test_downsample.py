@@ -3,7 +3,7 @@ the same frames, written through the real write path; and the resolution parser.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -24,7 +24,7 @@ from soundstream.store import downsample, upkeep
 from soundstream.store.downsample import AGGREGATES, COUNT, BucketPage, buckets, parse_resolution
 from soundstream.store.pgcopy import chunk_row
 from soundstream.store.read import FeaturePage
-from soundstream.store.write import init_connection, write_batch
+from soundstream.store.write import write_batch
 
 PARAMS = FeatureParams()
 EXTRACT = Extractor(PARAMS)
@@ -109,23 +109,6 @@ def assert_matches(page: BucketPage, want: dict[str, np.ndarray], agg: str) -> N
             np.testing.assert_allclose(got, want[name], rtol=MEAN_RTOL, atol=0, err_msg=name)
         else:
             np.testing.assert_array_equal(got, want[name], err_msg=name)
-
-
-@pytest.fixture
-async def conn(database: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(database)
-    await init_connection(connection)
-    try:
-        yield connection
-    finally:
-        await connection.close()
-
-
-@pytest.fixture
-async def api(database: str) -> AsyncIterator[asyncpg.Pool]:
-    """A pool as the API has it: plain codecs."""
-    async with asyncpg.create_pool(database, min_size=1, max_size=2) as pool:
-        yield pool
 
 
 async def store(conn: asyncpg.Connection, written: Sequence[Written]) -> None:

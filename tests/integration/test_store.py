@@ -4,7 +4,6 @@ reading back a chunk row per chunk, day partitions and retention."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
@@ -48,23 +47,6 @@ def values(e: Extracted) -> dict[str, np.ndarray]:
     chunk_seconds = e.n_samples / e.sample_rate
     f = EXTRACT(tone(chunk_seconds, e.sample_rate, seed=e.seq), e.sample_rate)
     return {name: getattr(f, name) for name in FEATURE_FIELDS}
-
-
-@pytest.fixture
-async def conn(database: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(database)
-    await init_connection(connection)
-    try:
-        yield connection
-    finally:
-        await connection.close()
-
-
-@pytest.fixture
-async def api(database: str) -> AsyncIterator[asyncpg.Pool]:
-    """A pool as the API has it: plain codecs."""
-    async with asyncpg.create_pool(database, min_size=1, max_size=2) as pool:
-        yield pool
 
 
 async def summary(api: asyncpg.Pool, sensor: str) -> read.SensorStatus:
