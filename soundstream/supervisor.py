@@ -34,6 +34,7 @@ from soundstream.ingest import consumer, extractor, upkeep, writer
 from soundstream.ingest.flow import Flow
 from soundstream.ingest.pool import ExtractionPool, open_pool
 from soundstream.status import Status
+from soundstream.store import read
 from soundstream.store.write import init_connection
 
 log = structlog.get_logger(__name__)
@@ -70,6 +71,11 @@ async def serve(
             # JIT compiling costs more than it saves on the API's short queries, and
             # the planner's row estimates for unnested arrays trip its thresholds.
             server_settings={"statement_timeout": timeout_ms, "jit": "off"},
+            # API queries leave no session state behind (settings only SET LOCAL,
+            # cursors only inside transactions, no LISTEN or session locks), so a
+            # returned connection needs no reset round trip; asyncpg still rolls
+            # back a transaction left open.
+            reset=read.keep_session,
         )
         stack.push_async_callback(pool.close)
         # Readiness asks the database on a connection of its own, so that busy API

@@ -92,32 +92,37 @@ def from_micros(micros: int) -> datetime:
     return EPOCH + micros * _MICROSECOND
 
 
-# The ASCII digits of every number below 100 and below 1000, by number.
-_TWO = np.frombuffer(b"".join(b"%02d" % i for i in range(100)), np.uint8).reshape(100, 2)
-_THREE = np.frombuffer(b"".join(b"%03d" % i for i in range(1000)), np.uint8).reshape(1000, 3)
+# A formatted stamp as fields of fixed width, the separators filled in, and the
+# ASCII digits of every number below 100 and below 1000, by number.
+_STAMP = np.dtype(
+    [
+        *[("date", "S10"), ("t", "S1"), ("hour", "S2"), ("colon1", "S1"), ("minute", "S2")],
+        *[("colon2", "S1"), ("second", "S2"), ("dot", "S1"), ("milli", "S3"), ("micro", "S3")],
+        ("z", "S1"),
+    ]
+)
+_BLANK = np.array([(b"", b"T", b"", b":", b"", b":", b"", b".", b"", b"", b"Z")], _STAMP)
+_TWO = np.array([b"%02d" % i for i in range(100)], "S2")
+_THREE = np.array([b"%03d" % i for i in range(1000)], "S3")
 
 
 def format_micros(micros: np.ndarray) -> list[bytes]:
     """``format_timestamp`` of each of an array of microseconds since the UNIX epoch,
-    as ASCII bytes, built as one array of characters: only each distinct day is
-    formatted by ``datetime``; the time of day is digits computed with numpy."""
+    as ASCII bytes, built as one array of fixed-width fields: only each distinct day
+    is formatted by ``datetime``; the time of day is digits looked up by numpy."""
     seconds, fraction = np.divmod(np.asarray(micros, np.int64).reshape(-1), 1_000_000)
     days, second_of_day = np.divmod(seconds, 86_400)
+    out = np.repeat(_BLANK, len(seconds))
     if len(days) and days[0] == days[-1] and (days == days[0]).all():  # a page's usual day
-        distinct, which = days[:1], np.zeros(len(days), np.intp)
-    else:
+        out["date"] = (EPOCH + timedelta(days=int(days[0]))).date().isoformat()
+    elif len(days):
         distinct, which = np.unique(days, return_inverse=True)
-    dates = b"".join((EPOCH + timedelta(days=int(d))).date().isoformat().encode() for d in distinct)
-    out = np.empty((len(seconds), 27), np.uint8)
-    out[:, :10] = np.frombuffer(dates, np.uint8).reshape(-1, 10)[which.reshape(-1)]
-    hours, minutes = np.divmod(second_of_day // 60, 60)
-    for column, text in ((10, "T"), (13, ":"), (16, ":"), (19, "."), (26, "Z")):
-        out[:, column] = ord(text)
-    out[:, 11:13] = _TWO[hours]
-    out[:, 14:16] = _TWO[minutes]
-    out[:, 17:19] = _TWO[second_of_day % 60]
+        dates = [(EPOCH + timedelta(days=int(d))).date().isoformat() for d in distinct]
+        out["date"] = np.array(dates, "S10")[which.reshape(-1)]
+    minute_of_day, second = np.divmod(second_of_day, 60)
+    hour, minute = np.divmod(minute_of_day, 60)
     milli, micro = np.divmod(fraction, 1000)
-    out[:, 20:23] = _THREE[milli]
-    out[:, 23:26] = _THREE[micro]
-    stamps: list[bytes] = out.view("S27").reshape(-1).tolist()
+    out["hour"], out["minute"], out["second"] = _TWO[hour], _TWO[minute], _TWO[second]
+    out["milli"], out["micro"] = _THREE[milli], _THREE[micro]
+    stamps: list[bytes] = out.view("S27").tolist()
     return stamps
