@@ -34,7 +34,7 @@ from soundstream.ingest import consumer, extractor, upkeep, writer
 from soundstream.ingest.flow import Flow
 from soundstream.ingest.pool import ExtractionPool, open_pool
 from soundstream.status import Status
-from soundstream.store import read
+from soundstream.store.session import keep_session
 from soundstream.store.write import init_connection
 
 log = structlog.get_logger(__name__)
@@ -75,7 +75,7 @@ async def serve(
             # cursors only inside transactions, no LISTEN or session locks), so a
             # returned connection needs no reset round trip; asyncpg still rolls
             # back a transaction left open.
-            reset=read.keep_session,
+            reset=keep_session,
         )
         stack.push_async_callback(pool.close)
         # Readiness asks the database on a connection of its own, so that busy API
@@ -274,6 +274,8 @@ async def _run_pipeline(
             min_size=0,
             max_size=COMMITS_IN_FLIGHT + 1,
             init=init_connection,
+            # Writes and upkeep hold locks and settings only for a transaction.
+            reset=keep_session,
         )
         stack.push_async_callback(db.close)
         async with anyio.create_task_group() as tg:

@@ -55,10 +55,6 @@ class BoundedPool:
         return acquiring
 
 
-async def keep_session(conn: asyncpg.Connection) -> None:
-    """A pool's ``reset`` for connections whose session state nothing changes."""
-
-
 @dataclass(frozen=True, slots=True)
 class Sensor:
     sensor_id: str
