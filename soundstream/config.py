@@ -131,6 +131,8 @@ class Settings:
     restart_window_s: float = 60.0
     log_level: str = "info"
     log_format: str = "auto"
+    # Where traces go: from the standard OTEL_* variables (see ``trace_exporter``).
+    trace_exporter: str = "none"
 
     @property
     def features(self) -> FeatureParams:
@@ -372,6 +374,8 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for f in fields(Settings):
+        if f.name not in PARSERS:
+            continue  # read from the standard variables of another project
         name = variable(f.name)
         raw = env.get(name)
         file_name = name + "_FILE"
@@ -388,10 +392,35 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
             values[f.name] = PARSERS[f.name](raw)
         except ValueError as exc:
             raise SettingsError(name, str(exc)) from exc
+    values["trace_exporter"] = trace_exporter(env)
     values.update(overrides)
     settings = Settings(**values)
     _check_together(settings)
     return settings
+
+
+TRACE_EXPORTERS = ("none", "otlp", "console")
+
+
+def trace_exporter(env: Mapping[str, str]) -> str:
+    """The span exporter the standard OpenTelemetry variables ask for: none unless
+    ``OTEL_TRACES_EXPORTER`` names one or an OTLP endpoint is set (then OTLP over
+    HTTP/protobuf, whose endpoint, headers and timeouts the exporter reads from
+    ``OTEL_EXPORTER_OTLP_*`` itself); ``OTEL_SDK_DISABLED=true`` turns tracing off."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return "none"
+    raw = env.get("OTEL_TRACES_EXPORTER")
+    if raw is None or not raw.strip():
+        endpoints = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        return "otlp" if any(env.get(name) for name in endpoints) else "none"
+    chosen = raw.strip().lower()
+    if chosen not in TRACE_EXPORTERS:
+        raise SettingsError("OTEL_TRACES_EXPORTER", f"must be one of {', '.join(TRACE_EXPORTERS)}")
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = env.get(name)
+        if chosen == "otlp" and protocol and protocol.strip() != "http/protobuf":
+            raise SettingsError(name, "only http/protobuf is supported (the OTLP/HTTP exporter)")
+    return chosen
 
 
 def is_loopback(host: str) -> bool:

@@ -16,12 +16,32 @@ class SettingsError(SoundstreamError):
         self.reason = reason
 
 
+# The part of a message a rejection is about, by how its reason begins: a bounded
+# set, for metrics (the reason itself names values).
+MESSAGE_PARTS = ("body", "headers", "content_type", "audio", "routing_key", "message_id")
+_PART_BY_PREFIX = (
+    ("body length", "audio"),
+    ("body", "body"),
+    ("header", "headers"),
+    ("content_type", "content_type"),
+    ("routing key", "routing_key"),
+    ("message_id", "message_id"),
+)
+
+
 class Malformed(SoundstreamError):
     """A message breaks the wire format; ``reason`` is one line for ``x-error``."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+    @property
+    def part(self) -> str:
+        """Which of ``MESSAGE_PARTS`` broke the format (the samples or WAV data: audio)."""
+        return next(
+            (part for prefix, part in _PART_BY_PREFIX if self.reason.startswith(prefix)), "audio"
+        )
 
 
 class BadRequest(SoundstreamError):

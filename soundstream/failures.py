@@ -68,6 +68,11 @@ def undecodable(exc: BaseException) -> bool:
     return any(isinstance(e, amqp.ProtocolSyntaxError) for e in leaves(exc))
 
 
+def database_failure(exc: BaseException) -> bool:
+    """Some failure in ``exc`` came from the database client."""
+    return any(isinstance(e, asyncpg.PostgresError | asyncpg.InterfaceError) for e in leaves(exc))
+
+
 def describe(exc: BaseException) -> str:
     return "; ".join(f"{type(e).__name__}: {e}" for e in leaves(exc))
 

@@ -24,16 +24,18 @@ import asyncpg
 import structlog
 from anyio.abc import TaskStatus
 
-from soundstream.config import COMMITS_IN_FLIGHT, Settings
+from soundstream.config import COMMITS_IN_FLIGHT, MIB, Settings
 from soundstream.core.records import Delivery, Extracted, Settle
 from soundstream.errors import RestartBudgetExhausted, TopologyMismatch
-from soundstream.failures import describe, leaves, unavailable, undecodable
+from soundstream.failures import database_failure, describe, leaves, unavailable, undecodable
 from soundstream.http import server
 from soundstream.http.app import create_app
 from soundstream.ingest import consumer, extractor, upkeep, writer
 from soundstream.ingest.flow import Flow
 from soundstream.ingest.pool import ExtractionPool, open_pool
-from soundstream.status import Status
+from soundstream.observe.metrics import Metrics
+from soundstream.observe.tracing import Tracing
+from soundstream.status import Readiness, Status
 from soundstream.store.session import keep_session
 from soundstream.store.write import init_connection
 
@@ -55,10 +57,15 @@ async def serve(
     Reports the bound HTTP port once the server listens and the pipeline starts.
     """
     status = Status()
+    status.up("process")
+    metrics = Metrics()
+    metrics.watch_status(status)
+    tracing = Tracing(settings.trace_exporter)
     stop = stop or anyio.Event()
     if settings.api and not settings.api_key_digests:
         log.warning("api_open", detail="SOUNDSTREAM_API_KEYS is empty: /v1/* needs no key")
     async with AsyncExitStack() as stack:
+        stack.push_async_callback(anyio.to_thread.run_sync, tracing.shutdown)
         # Serves the API's queries, and lets readiness ask the database itself in
         # either role. min_size=0: no connection at start, so a database that is
         # down makes the process unready instead of failing it.
@@ -83,15 +90,29 @@ async def serve(
         health = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=1)
         stack.push_async_callback(health.close)
 
-        async def ready() -> list[str]:
-            problems = status.problems()
+        async def ready() -> Readiness:
             if stop.is_set():
-                problems.append("process: draining")
+                status.down("process", "draining")
+            if not settings.ingest:  # the database as the API sees it
+                problem = await _ping(health)
+                if problem:
+                    status.down(writer.COMPONENT, problem)
+                else:
+                    status.up(writer.COMPONENT)
+                return Readiness(status.problems(), status.checks())
+            problems = status.problems()
             if not status.is_down(writer.COMPONENT):  # else the writer already says why
-                problems.extend(await _ping(health))
-            return problems
+                problem = await _ping(health)
+                problems.extend([f"{writer.COMPONENT}: {problem}"] if problem else [])
+            return Readiness(problems, status.checks())
 
-        app = create_app(settings, pool=pool if settings.api else None, ready=ready)
+        app = create_app(
+            settings,
+            pool=pool if settings.api else None,
+            ready=ready,
+            metrics=metrics,
+            tracing=tracing,
+        )
         http_stop = anyio.Event()
         with _one_error():
             async with anyio.create_task_group() as tg:
@@ -107,7 +128,7 @@ async def serve(
                 task_status.started(port)
                 if settings.ingest:
                     status.expect(consumer.COMPONENT, extractor.COMPONENT, writer.COMPONENT)
-                    await _supervise_ingest(settings, stop, status)
+                    await _supervise_ingest(settings, stop, status, metrics, tracing)
                 else:
                     await stop.wait()
                 http_stop.set()  # the HTTP actor finishes its requests and returns
@@ -128,13 +149,14 @@ def _one_error() -> Iterator[None]:
         raise
 
 
-async def _ping(pool: asyncpg.Pool) -> list[str]:
+async def _ping(pool: asyncpg.Pool) -> str:
+    """Why the database does not answer a query, or "" when it does."""
     try:
         with anyio.fail_after(READY_CHECK_TIMEOUT_S):
             await pool.fetchval("SELECT 1")
     except Exception as exc:
-        return [f"{writer.COMPONENT}: unreachable ({type(exc).__name__})"]
-    return []
+        return f"unreachable ({type(exc).__name__})"
+    return ""
 
 
 async def _on_signals(stop: anyio.Event, scope: anyio.CancelScope) -> None:
@@ -147,7 +169,9 @@ async def _on_signals(stop: anyio.Event, scope: anyio.CancelScope) -> None:
             stop.set()
 
 
-async def _supervise_ingest(settings: Settings, stop: anyio.Event, status: Status) -> None:
+async def _supervise_ingest(
+    settings: Settings, stop: anyio.Event, status: Status, metrics: Metrics, tracing: Tracing
+) -> None:
     """Run the pipeline; restart it with backoff; give up past the restart budget.
 
     The worker pool outlives pipeline restarts (it is replaced only when a worker
@@ -161,11 +185,21 @@ async def _supervise_ingest(settings: Settings, stop: anyio.Event, status: Statu
         log.info(
             "workers_started", workers=settings.workers, s=round(time.monotonic() - started, 1)
         )
-        await _restart_loop(settings, stop, status, pool)
+        metrics.pool_workers.set(settings.workers)
+        metrics.watch(metrics.pool_workers_busy, pool.busy)
+        metrics.watch(metrics.pool_workers_replaced, lambda: pool.statistics()["replaced"])
+        metrics.bytes_held_limit.set(settings.max_held_mb * MIB)
+        await _restart_loop(settings, stop, status, pool, metrics=metrics, tracing=tracing)
 
 
 async def _restart_loop(
-    settings: Settings, stop: anyio.Event, status: Status, pool: ExtractionPool
+    settings: Settings,
+    stop: anyio.Event,
+    status: Status,
+    pool: ExtractionPool,
+    *,
+    metrics: Metrics,
+    tracing: Tracing,
 ) -> None:
     crashes: deque[float] = deque()
     backoff = MIN_BACKOFF_S
@@ -177,10 +211,13 @@ async def _restart_loop(
     blamed_in_a_row = 0
     while True:
         flow = Flow()
+        _watch_flow(metrics, flow)
         try:
             # Every run starts cautious: the deliveries an earlier run (of this or
             # another replica) held come back first, one at a time.
-            await _run_pipeline(settings, stop, status, pool, flow)
+            await _run_pipeline(
+                settings, stop, status, pool, flow, metrics=metrics, tracing=tracing
+            )
             return  # drained after ``stop``
         except Exception as exc:
             if stop.is_set():
@@ -196,6 +233,8 @@ async def _restart_loop(
             blamed = _blamed_on_a_message(exc, flow)
             if blamed:
                 blamed_in_a_row += 1
+            metrics.reconnects.labels("broker").inc()  # the next run connects again
+            metrics.pipeline_restarts.labels(_cause(exc, blamed)).inc()
             if unavailable(exc):
                 # Waiting for a dependency is not a crash: no budget is spent.
                 log.warning("dependency_unavailable", error=describe(exc), retry_in_s=backoff)
@@ -232,6 +271,20 @@ async def _restart_loop(
                 return
 
 
+def _watch_flow(metrics: Metrics, flow: Flow) -> None:
+    """The gauges of what this pipeline run holds."""
+    metrics.watch(metrics.deliveries_held, lambda: flow.held)
+    metrics.watch(metrics.bytes_held, lambda: flow.unsettled.held_bytes)
+    metrics.watch(metrics.prefetch, lambda: flow.window)
+
+
+def _cause(exc: BaseException, blamed: bool) -> str:
+    """The restart's cause, as the metric labels it."""
+    if unavailable(exc):
+        return "database_unavailable" if database_failure(exc) else "broker_unavailable"
+    return "message" if blamed else "crash"
+
+
 def _blamed_on_a_message(exc: BaseException, flow: Flow) -> bool:
     """The AMQP client could not decode a message the broker sent, or a cautious run
     (prefetch 1) crashed holding exactly one delivery."""
@@ -246,7 +299,14 @@ async def _pause(backoff: float, stop: anyio.Event) -> float:
 
 
 async def _run_pipeline(
-    settings: Settings, stop: anyio.Event, status: Status, pool: ExtractionPool, flow: Flow
+    settings: Settings,
+    stop: anyio.Event,
+    status: Status,
+    pool: ExtractionPool,
+    flow: Flow,
+    *,
+    metrics: Metrics,
+    tracing: Tracing,
 ) -> None:
     # Stream sizes: each holds at most what fills one pool round or one batch; the
     # broker's prefetch bounds the total regardless.
@@ -289,13 +349,15 @@ async def _run_pipeline(
                     pool=db,
                     flow=flow,
                     status=status,
+                    metrics=metrics,
+                    tracing=tracing,
                 )
             )
             await tg.start(partial(upkeep.run, settings, pool=db))
             await tg.start(
                 partial(
                     extractor.run, settings, deliveries_out, extracted_in, returns_in,
-                    pool=pool, flow=flow, status=status,
+                    pool=pool, flow=flow, status=status, metrics=metrics, tracing=tracing,
                 )
             )  # fmt: skip
             # Returns once drained: everything it handed on is committed and settled.
@@ -307,6 +369,8 @@ async def _run_pipeline(
                 cautious=True,
                 flow=flow,
                 status=status,
+                metrics=metrics,
+                tracing=tracing,
             )
             tg.cancel_scope.cancel()  # the drain deadline
 

@@ -24,6 +24,7 @@ class Delivery:
     tag: int
     chunk: Chunk
     received_us: int
+    span: object = None  # its trace span, when tracing (never sent to a worker)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,7 @@ class Extracted:
     n_samples: int
     received_us: int
     frames: Encoded
+    span: object = None
 
     @classmethod
     def of(cls, delivery: Delivery, frames: Encoded) -> Extracted:
@@ -84,6 +86,7 @@ class Extracted:
             chunk.n_samples,
             delivery.received_us,
             frames,
+            delivery.span,
         )
 
 

@@ -8,7 +8,7 @@ document are always served; ``/v1/*`` only by a process with the ``api`` role.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -28,12 +28,16 @@ from soundstream.http.auth import BearerAuth
 from soundstream.http.cursor import Cursors
 from soundstream.http.features import FeatureRoutes
 from soundstream.http.limits import ConcurrencyLimit, RateLimit
+from soundstream.observe.metrics import CONTENT_TYPE, Metrics
+from soundstream.observe.requests import Observed
+from soundstream.observe.tracing import Tracing
+from soundstream.status import Check, Readiness
 from soundstream.store import read
 
 log = structlog.get_logger(__name__)
 
-ReadinessCheck = Callable[[], Awaitable[list[str]]]
-"""Returns the reasons the process is *not* ready; an empty list means ready."""
+ReadinessCheck = Callable[[], Awaitable[Readiness]]
+"""The reasons the process is *not* ready (none: ready), and every check's state."""
 
 # Errors a query may raise; ``failures.unavailable`` tells a database that cannot be
 # reached right now (503, so clients and load balancers retry) from a bug (500).
@@ -53,8 +57,16 @@ class ORJSONResponse(Response):
 
 
 def create_app(
-    settings: Settings, *, pool: asyncpg.Pool | None, ready: ReadinessCheck
+    settings: Settings,
+    *,
+    pool: asyncpg.Pool | None,
+    ready: ReadinessCheck,
+    metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
 ) -> Starlette:
+    """The app; without ``metrics`` or ``tracing``, a registry of its own and no traces."""
+    metrics = metrics or Metrics()
+    tracing = tracing or Tracing("none")
     document = orjson.dumps(openapi.document(settings))
 
     async def healthz(request: Request) -> Response:
@@ -62,20 +74,26 @@ def create_app(
 
     async def readyz(request: Request) -> Response:
         try:
-            reasons = await ready()
+            readiness = await ready()
         except Exception as exc:
             log.error("readiness_check_failed", exc_info=exc)
-            reasons = [f"readiness check failed: {type(exc).__name__}"]
-        if reasons:
-            return problems.problem(503, "; ".join(reasons), reasons=reasons)
-        return ORJSONResponse({"status": "ready"})
+            readiness = Readiness([f"readiness check failed: {type(exc).__name__}"], {})
+        checks = {name: _check(check) for name, check in readiness.checks.items()}
+        if readiness.problems:
+            reasons = readiness.problems
+            return problems.problem(503, "; ".join(reasons), reasons=reasons, checks=checks)
+        return ORJSONResponse({"status": "ready", "checks": checks})
 
     async def openapi_json(request: Request) -> Response:
         return Response(document, media_type="application/json")
 
+    async def metrics_text(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_text, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/docs", docs.page, methods=["GET"]),
     ]
@@ -88,7 +106,8 @@ def create_app(
         routes.append(Mount("/v1", routes=v1, middleware=_guards(settings)))
     handlers = dict(problems.HANDLERS)
     handlers.update(dict.fromkeys(DATABASE_ERRORS, _database_error))
-    return Starlette(routes=routes, exception_handlers=handlers)
+    observed = [Middleware(Observed, metrics=metrics, tracing=tracing)]
+    return Starlette(routes=routes, exception_handlers=handlers, middleware=observed)
 
 
 def _guards(settings: Settings) -> list[Middleware]:
@@ -171,6 +190,12 @@ async def _database_error(request: Request, exc: Exception) -> Response:
 # ``real`` columns reach Python as doubles. Handing them to orjson as float32 prints
 # the shortest decimal that reads back as the stored value: 0.1234, not
 # 0.12340000271797180.
+
+
+def _check(check: Check) -> dict[str, str]:
+    since = format_timestamp(datetime.fromtimestamp(check.since, UTC))
+    shown = {"state": check.state, "since": since}
+    return shown | ({"reason": check.reason} if check.reason else {})
 
 
 def _ts(value: datetime | None) -> str | None:

@@ -15,6 +15,7 @@ from soundstream.config import Settings
 from soundstream.core.fields import ARRAY_FIELDS, FEATURE_FIELDS, SCALARS
 from soundstream.core.wire import SENSOR_ID
 from soundstream.http import cursor, features, problems, query
+from soundstream.observe import metrics
 from soundstream.store import downsample
 from soundstream.store.read import (
     DEFAULT_LIMIT,
@@ -146,6 +147,24 @@ def _schemas() -> dict[str, Any]:
                     "type": "array",
                     "items": {"type": "string"},
                     "description": "Why the process is not ready (readiness only).",
+                },
+                "checks": {
+                    "$ref": "#/components/schemas/Checks",
+                    "description": "Every actor and dependency (readiness only).",
+                },
+            },
+        },
+        "Checks": {
+            "type": "object",
+            "description": "Each actor and dependency of the process (broker, extractor, "
+            "database, process) with its state and since when.",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["state", "since"],
+                "properties": {
+                    "state": {"type": "string", "enum": ["up", "starting", "down"]},
+                    "since": {"$ref": "#/components/schemas/Timestamp"},
+                    "reason": {"type": "string", "description": "Why not up."},
                 },
             },
         },
@@ -646,6 +665,11 @@ def _service_paths() -> dict[str, Any]:
         "required": ["status"],
         "properties": {"status": {"type": "string"}},
     }
+    ready = {
+        "type": "object",
+        "required": ["status", "checks"],
+        "properties": {"status": {"const": "ready"}, "checks": _ref("schemas", "Checks")},
+    }
     return {
         "/healthz": {
             "get": _operation(
@@ -656,8 +680,19 @@ def _service_paths() -> dict[str, Any]:
             "get": _operation(
                 "ready",
                 "Readiness: every enabled role is up and its dependencies reachable.",
-                {"description": "Ready.", "content": _content(status)},
+                {"description": "Ready.", "content": _content(ready)},
                 errors=(("503", "NotReady"),),
+            )
+        },
+        "/metrics": {
+            "get": _operation(
+                "metrics",
+                "Prometheus metrics of this process (text exposition format 0.0.4).",
+                {
+                    "description": "Counters, gauges and histograms; see the README's Operating "
+                    "section.",
+                    "content": _content({"type": "string"}, metrics.CONTENT_TYPE),
+                },
             )
         },
         "/openapi.json": {

@@ -15,18 +15,21 @@ from dataclasses import dataclass, field
 
 @dataclass(slots=True)
 class Unsettled:
-    """Delivery tags received and not yet acked or returned."""
+    """Delivery tags received and not yet acked or returned, and the bytes of their
+    bodies."""
 
-    _tags: set[int] = field(default_factory=set)
+    _tags: dict[int, int] = field(default_factory=dict)  # tag -> body bytes
     _heap: list[int] = field(default_factory=list)  # a superset of _tags, smallest first
+    held_bytes: int = 0
 
-    def add(self, tag: int) -> None:
-        self._tags.add(tag)
+    def add(self, tag: int, size: int = 0) -> None:
+        self._tags[tag] = size
+        self.held_bytes += size
         heapq.heappush(self._heap, tag)
 
     def discard(self, tag: int) -> None:
         """A delivery settled on its own (returned, or acked alone)."""
-        self._tags.discard(tag)
+        self.held_bytes -= self._tags.pop(tag, 0)
 
     def __len__(self) -> int:
         return len(self._tags)
@@ -41,7 +44,8 @@ class Unsettled:
             tag = heapq.heappop(heap)
             if tag in pending:
                 pending.discard(tag)
-                self._tags.discard(tag)
+                self.discard(tag)
                 upto = tag
-        self._tags -= pending
+        for tag in pending:
+            self.discard(tag)
         return upto, sorted(pending)

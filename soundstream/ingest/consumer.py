@@ -40,10 +40,15 @@ from soundstream.failures import unavailable
 from soundstream.ingest import handoff
 from soundstream.ingest.deadcopy import dead_letter_headers
 from soundstream.ingest.flow import Flow
+from soundstream.observe.metrics import Metrics, QueueState
+from soundstream.observe.tracing import Tracing, trace_id_of
 from soundstream.status import Status
 
 log = structlog.get_logger(__name__)
 COMPONENT = "broker"
+# How often the queue's depth and consumers are asked of the broker (a passive
+# declare: one small round trip).
+QUEUE_POLL_S = 5.0
 
 
 class BrokerGone(ConnectionError):
@@ -105,6 +110,8 @@ async def run(
     stop: anyio.Event,
     status: Status,
     flow: Flow,
+    metrics: Metrics,
+    tracing: Tracing,
     cautious: bool = False,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -125,13 +132,22 @@ async def run(
         channel = await connection.channel()
         await declare_topology(channel, settings)
         dead_channel = await publisher.channel(publisher_confirms=True)
-        subscription = _Subscription(settings, channel, dead_channel, flow, cautious=cautious)
+        subscription = _Subscription(
+            settings,
+            channel,
+            dead_channel,
+            flow,
+            metrics=metrics,
+            tracing=tracing,
+            cautious=cautious,
+        )
         with subscription.inbox_in, subscription.inbox_out:
             await subscription.start()
             status.up(COMPONENT)
             task_status.started()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch, connection, publisher, channel, dead_channel)
+                tg.start_soon(_poll_queue, connection, settings.queue, metrics)
                 if cautious:
                     tg.start_soon(subscription.widen)
                 tg.start_soon(subscription.stop_when, stop)
@@ -164,12 +180,16 @@ class _Subscription:
         dead_channel: aiormq.abc.AbstractChannel,
         flow: Flow,
         *,
+        metrics: Metrics,
+        tracing: Tracing,
         cautious: bool,
     ) -> None:
         self.settings = settings
         self.channel = channel
         self.dead_channel = dead_channel
         self.flow = flow
+        self.metrics = metrics
+        self.tracing = tracing
         self.cautious = cautious
         self.prefetch = settings.effective_prefetch
         # The broker never has more than ``prefetch`` unacked deliveries out (plus the
@@ -194,8 +214,11 @@ class _Subscription:
 
     async def _on_message(self, message: DeliveredMessage) -> None:
         assert message.delivery_tag is not None
-        self.flow.unsettled.add(message.delivery_tag)
-        if not message.redelivered:
+        self.flow.unsettled.add(message.delivery_tag, len(message.body))
+        self.metrics.chunks_consumed.inc()
+        if message.redelivered:
+            self.metrics.chunks_redelivered.inc()
+        else:
             self.fresh.set()
         try:
             self.inbox_in.send_nowait(message)
@@ -226,17 +249,37 @@ class _Subscription:
     ) -> None:
         tag = message.delivery_tag
         assert tag is not None
+        received_ns = time.time_ns()
         try:
             chunk = decode(message, self.settings)
         except Malformed as exc:
-            self.flow.unsettled.discard(tag)
-            if await _dead_letter(self.dead_channel, message, exc.reason, self.settings):
-                await self.channel.basic_ack(tag)
-            else:
-                await self.channel.basic_nack(tag, requeue=True)
+            headers = message.header.properties.headers
+            with structlog.contextvars.bound_contextvars(
+                delivery_tag=tag, trace_id=trace_id_of(headers)
+            ):
+                await self._reject(message, tag, exc)
             return
+        span = None
+        if self.tracing.enabled:
+            attributes = {
+                "messaging.system": "rabbitmq",
+                "messaging.destination.name": self.settings.queue,
+                "messaging.rabbitmq.destination.routing_key": message.routing_key or "",
+                "soundstream.sensor_id": chunk.sensor_id,
+                "soundstream.seq": chunk.seq,
+            }
+            headers = message.header.properties.headers
+            span = self.tracing.chunk(headers, attributes, received_ns)
         self.flow.handed += 1
-        await handoff.put(outbox, Delivery(tag, chunk, time.time_ns() // 1000))
+        await handoff.put(outbox, Delivery(tag, chunk, received_ns // 1000, span))
+
+    async def _reject(self, message: DeliveredMessage, tag: int, exc: Malformed) -> None:
+        self.flow.unsettled.discard(tag)
+        if await _dead_letter(self.dead_channel, message, exc.reason, self.settings):
+            self.metrics.chunks_dead_lettered.labels(exc.part).inc()
+            await self.channel.basic_ack(tag)
+        else:
+            await self.channel.basic_nack(tag, requeue=True)
 
     async def settle(self, settles: MemoryObjectReceiveStream[Settle], done: anyio.Event) -> None:
         """Settle deliveries as they are reported, whatever is waiting at once: the
@@ -319,6 +362,23 @@ async def _dead_letter(
         reason=reason,
     )
     return True
+
+
+async def _poll_queue(
+    connection: aiormq.abc.AbstractConnection, queue: str, metrics: Metrics
+) -> None:
+    """Ask the broker for the queue's depth and consumers every ``QUEUE_POLL_S``, on a
+    channel of its own; a failed poll only leaves the last figures standing."""
+    channel = await connection.channel()
+    while True:
+        try:
+            declared = await channel.queue_declare(queue, passive=True)
+        except Exception as exc:
+            log.warning("queue_poll_failed", error=str(exc) or type(exc).__name__)
+            metrics.queue = None
+            return
+        metrics.queue = QueueState(declared.message_count or 0, declared.consumer_count or 0)
+        await anyio.sleep(QUEUE_POLL_S)
 
 
 async def _watch(*closables: Any) -> None:

@@ -14,6 +14,8 @@ at the queue's delivery limit, dead-letters it with ``x-death``.
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import structlog
 from anyio.abc import TaskStatus
@@ -25,6 +27,8 @@ from soundstream.failures import describe
 from soundstream.ingest import handoff
 from soundstream.ingest.flow import Flow
 from soundstream.ingest.pool import ExtractionPool
+from soundstream.observe.metrics import Metrics
+from soundstream.observe.tracing import Tracing
 from soundstream.status import Status
 
 log = structlog.get_logger(__name__)
@@ -40,18 +44,29 @@ async def run(
     pool: ExtractionPool,
     flow: Flow,
     status: Status,
+    metrics: Metrics,
+    tracing: Tracing,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     in_flight = anyio.Semaphore(settings.tasks_in_flight)
 
     async def extract(batch: list[Delivery]) -> None:
+        started = time.time_ns()
         try:
             results = await _extract(pool, batch)
         finally:
             in_flight.release()
+        ended = time.time_ns()
+        per_chunk = (ended - started) / 1e9 / len(batch)
+        for _ in batch:
+            metrics.extraction_seconds.observe(per_chunk)
+        spans = [d.span for d in batch]
+        tracing.step(spans, "soundstream.extract", started, ended, {"chunks": len(batch)})
         for delivery, encoded in zip(batch, results, strict=True):
             if encoded is None:
                 flow.handed -= 1
+                metrics.chunks_returned.inc()
+                tracing.finish(delivery.span, "extraction failed; returned to the queue")
                 await handoff.put(returns, Settle(delivery.tag, requeue=True))
             else:
                 await handoff.put(outbox, Extracted.of(delivery, encoded))

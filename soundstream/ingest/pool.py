@@ -202,6 +202,10 @@ class ExtractionPool:
             for each in self._workers:
                 tg.start_soon(each.call, worker.started)
 
+    def busy(self) -> int:
+        """Workers holding a task."""
+        return sum(1 for w in self._workers if w.pending)
+
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w.process.pid is not None]
 

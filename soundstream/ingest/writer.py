@@ -12,6 +12,7 @@ consumption pauses by itself.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -28,6 +29,8 @@ from soundstream.core.records import Extracted, Settle
 from soundstream.failures import retryable
 from soundstream.ingest import handoff
 from soundstream.ingest.flow import Flow
+from soundstream.observe.metrics import Metrics
+from soundstream.observe.tracing import Tracing
 from soundstream.status import Status
 from soundstream.store.write import write_batch
 
@@ -45,15 +48,18 @@ async def run(
     pool: asyncpg.Pool,
     flow: Flow,
     status: Status,
+    metrics: Metrics,
+    tracing: Tracing,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    await _connect(pool, status)
+    await _connect(pool, status, metrics)
     task_status.started()
     slots = anyio.Semaphore(COMMITS_IN_FLIGHT)
 
     async def commit(batch: list[Extracted]) -> None:
         try:
-            await _commit(pool, batch, settings, status)
+            with structlog.contextvars.bound_contextvars(batch_id=secrets.token_hex(6)):
+                await _commit(pool, batch, status, metrics, tracing)
         finally:
             slots.release()
         flow.committed += len(batch)
@@ -95,35 +101,57 @@ async def _collect(
 
 
 async def _commit(
-    pool: asyncpg.Pool, batch: list[Extracted], settings: Settings, status: Status
+    pool: asyncpg.Pool,
+    batch: list[Extracted],
+    status: Status,
+    metrics: Metrics,
+    tracing: Tracing,
 ) -> None:
+    """Commit ``batch``; count, trace and log it as one line."""
+
     async def write() -> tuple[int, int]:
         async with pool.acquire() as conn:
             result: tuple[int, int] = await write_batch(conn, batch)
             return result
 
-    started = time.perf_counter()
-    chunks, frames = await _retrying("batch_write_failed", write, status)
-    log.debug(
+    started_ns = time.time_ns()
+    chunks, frames = await _retrying("batch_write_failed", write, status, metrics)
+    ended_ns = time.time_ns()
+    seconds = (ended_ns - started_ns) / 1e9
+    metrics.batch_write_seconds.observe(seconds)
+    metrics.batch_chunks.observe(len(batch))
+    metrics.chunks_stored.inc(chunks)
+    metrics.frames_stored.inc(frames)
+    lags = [(ended_ns - item.start_ns) / 1e9 for item in batch]
+    for lag in lags:
+        metrics.ingest_lag_seconds.observe(lag)
+    spans = [item.span for item in batch]
+    tracing.step(spans, "soundstream.write", started_ns, ended_ns, {"chunks": len(batch)})
+    for span in spans:
+        tracing.finish(span)
+    log.info(
         "batch_written",
         chunks=len(batch),
         new_chunks=chunks,
-        new_frames=frames,
-        ms=round((time.perf_counter() - started) * 1000, 1),
+        frames=frames,
+        ms=round(seconds * 1000, 1),
+        lag_s=round(max(lags), 3),
     )
 
 
-async def _connect(pool: asyncpg.Pool, status: Status) -> None:
+async def _connect(pool: asyncpg.Pool, status: Status, metrics: Metrics) -> None:
     """Wait until a connection opens (its set-up also checks the schema)."""
 
     async def ping() -> None:
         async with pool.acquire() as conn:
             await conn.fetchval("SELECT 1")
 
-    await _retrying("database_unreachable", ping, status)
+    await _retrying("database_unreachable", ping, status, metrics)
 
 
-async def _retrying(event: str, action: Callable[[], Awaitable[T]], status: Status) -> T:
+async def _retrying(
+    event: str, action: Callable[[], Awaitable[T]], status: Status, metrics: Metrics
+) -> T:
     """Run ``action`` until the database lets it succeed, backing off in between.
 
     Only errors of reachability retry; anything else (a missing schema, a bug)
@@ -150,6 +178,7 @@ async def _retrying(event: str, action: Callable[[], Awaitable[T]], status: Stat
             backoff = min(backoff * 2, MAX_BACKOFF_S)
             continue
         if failing_since is not None:
+            metrics.reconnects.labels("database").inc()
             log.info("database_recovered", after_s=round(time.monotonic() - failing_since, 1))
         status.up(COMPONENT)
         return result

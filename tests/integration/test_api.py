@@ -26,6 +26,7 @@ from soundstream.core.timefmt import to_micros
 from soundstream.http import app as api
 from soundstream.http import cursor, openapi, problems, query
 from soundstream.http import features as feature_routes
+from soundstream.status import Readiness, Status
 from soundstream.store import read
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -51,8 +52,8 @@ def ts(i: int) -> datetime:
     return T0 + i * HOP
 
 
-async def ready_ok() -> list[str]:
-    return []
+async def ready_ok() -> Readiness:
+    return Readiness([], {})
 
 
 def client_for(app: Starlette, **kwargs: Any) -> httpx.AsyncClient:
@@ -694,24 +695,40 @@ async def test_without_keys_v1_is_open(client: httpx.AsyncClient) -> None:
 
 
 async def test_health_and_readiness() -> None:
-    reasons: list[str] = []
+    moments = iter(range(1_767_225_600, 1_767_225_700))
+    status = Status(clock=lambda: float(next(moments)))
+    status.expect("broker", "database")
 
-    async def ready() -> list[str]:
-        return list(reasons)
+    async def ready() -> Readiness:
+        return Readiness(status.problems(), status.checks())
 
     app = api.create_app(config.load({}, roles=frozenset({"ingest"})), pool=None, ready=ready)
     async with client_for(app) as client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
-        assert (await client.get("/readyz")).json() == {"status": "ready"}
-        reasons += ["broker: connection refused", "writer: restarting"]
+        status.up("broker")
+        status.up("database")
+        assert (await client.get("/readyz")).json() == {
+            "status": "ready",
+            "checks": {
+                "broker": {"state": "up", "since": "2026-01-01T00:00:02.000000Z"},
+                "database": {"state": "up", "since": "2026-01-01T00:00:03.000000Z"},
+            },
+        }
+        status.down("broker", "connection refused")
         body = assert_problem(await client.get("/readyz"), 503)
-        assert body["reasons"] == reasons
+        assert body["reasons"] == ["broker: connection refused"]
         assert "broker: connection refused" in body["detail"]
+        assert body["checks"]["broker"] == {
+            "state": "down",
+            "since": "2026-01-01T00:00:04.000000Z",
+            "reason": "connection refused",
+        }
+        assert body["checks"]["database"]["state"] == "up"
         assert (await client.get("/healthz")).status_code == 200
 
 
 async def test_a_failing_readiness_check_is_not_ready() -> None:
-    async def ready() -> list[str]:
+    async def ready() -> Readiness:
         raise ConnectionResetError
 
     app = api.create_app(API, pool=object(), ready=ready)

@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 
 from soundstream import config
 from soundstream.http import app as api
+from soundstream.status import Readiness
 
 KEY = "k" * 20
 OTHER_KEY = "another-key-0123456789"
@@ -21,8 +22,8 @@ API = config.load({}, roles=frozenset({"api"}), http_host="127.0.0.1")
 OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json")
 
 
-async def ready_ok() -> list[str]:
-    return []
+async def ready_ok() -> Readiness:
+    return Readiness([], {})
 
 
 def client_for(app: Starlette, address: str = "127.0.0.1") -> httpx.AsyncClient:
