@@ -7,6 +7,7 @@ into chunks that are each sent as a complete ``audio/wav`` file.
 
 from __future__ import annotations
 
+import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from soundstream.config import Settings
 from soundstream.core import wav, wire
 from soundstream.errors import Malformed, SoundstreamError
+from soundstream.observe.tracing import TRACEPARENT
 from soundstream.sim.signals import SensorSignal
 
 # Unconfirmed publishes in flight: enough to keep the broker busy while it confirms,
@@ -283,6 +285,9 @@ def _message(sensor: _Sensor, k: int, t0: int) -> _Outgoing:
             encoding=sensor.encoding,
             channels=sensor.channels,
         )
+    # Each chunk starts a trace of its own, as an instrumented sensor's publish
+    # would: the service continues it (W3C trace context, sampled).
+    headers[TRACEPARENT] = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
     properties = Basic.Properties(
         content_type=content_type,
         headers=headers,
