@@ -123,8 +123,8 @@ async def _commit(
     metrics.chunks_stored.inc(chunks)
     metrics.frames_stored.inc(frames)
     lags = [(ended_ns - item.start_ns) / 1e9 for item in batch]
-    for lag in lags:
-        metrics.ingest_lag_seconds.observe(lag)
+    for lag in lags:  # a sensor clock ahead of ours is no lag
+        metrics.ingest_lag_seconds.observe(max(lag, 0.0))
     spans = [item.span for item in batch]
     tracing.step(spans, "soundstream.write", started_ns, ended_ns, {"chunks": len(batch)})
     for span in spans:

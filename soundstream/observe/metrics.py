@@ -96,7 +96,8 @@ class Metrics:
         )
         self.ingest_lag_seconds = Histogram(
             "soundstream_ingest_lag_seconds",
-            "Commit time minus the chunk's first sample time (the sensor's clock).",
+            "Commit time minus the chunk's first sample time (the sensor's clock; "
+            "a chunk stamped in the future counts as 0).",
             buckets=_LAG,
             registry=r,
         )
