@@ -27,6 +27,7 @@ lint: install
 	$(BIN)/mypy
 
 test: lint services
+	scripts/observability-tools
 	$(BIN)/pytest
 
 # Benchmarks: each prints its figures and writes bench/results/<name>-<time>.json.

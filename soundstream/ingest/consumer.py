@@ -368,16 +368,20 @@ async def _poll_queue(
     connection: aiormq.abc.AbstractConnection, queue: str, metrics: Metrics
 ) -> None:
     """Ask the broker for the queue's depth and consumers every ``QUEUE_POLL_S``, on a
-    channel of its own; a failed poll only leaves the last figures standing."""
-    channel = await connection.channel()
+    channel of its own (a failed declare closes only that channel); a failed poll
+    leaves the last figures standing and is tried again on a new channel."""
+    channel: aiormq.abc.AbstractChannel | None = None
     while True:
         try:
+            if channel is None or channel.is_closed:
+                channel = await connection.channel()
             declared = await channel.queue_declare(queue, passive=True)
+            metrics.queue = QueueState(declared.message_count or 0, declared.consumer_count or 0)
         except Exception as exc:
+            if connection.is_closed:
+                return  # the pipeline is restarting; its next run polls again
             log.warning("queue_poll_failed", error=str(exc) or type(exc).__name__)
-            metrics.queue = None
-            return
-        metrics.queue = QueueState(declared.message_count or 0, declared.consumer_count or 0)
+            channel = None
         await anyio.sleep(QUEUE_POLL_S)
 
 

@@ -144,8 +144,14 @@ def test_the_prod_overlay_names_the_vpc_subnets() -> None:
     settings = stack.config_map(docs, "soundstream")
     assert settings["SOUNDSTREAM_TRUSTED_PROXIES"].split(",") == public
     api_policy = stack.find(docs, "NetworkPolicy", "soundstream-api")
-    (rule,) = api_policy["spec"]["ingress"]
-    assert [f["ipBlock"]["cidr"] for f in rule["from"]] == public
+    balancer, monitoring = api_policy["spec"]["ingress"]
+    assert [f["ipBlock"]["cidr"] for f in balancer["from"]] == public
+    # and Prometheus, from its own namespace only, to the same port
+    (scraper,) = monitoring["from"]
+    assert scraper == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+    assert monitoring["ports"] == balancer["ports"]
     database = stack.find(docs, "NetworkPolicy", "soundstream-to-postgres")
     (rule,) = database["spec"]["egress"]
     assert [t["ipBlock"]["cidr"] for t in rule["to"]] == private
