@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install services bench
+.PHONY: demo test lint install services bench image image-smoke
 
 $(BIN)/soundstream: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "soundstream needs Python 3.11")'
@@ -40,3 +40,18 @@ bench: install services
 	$(BIN)/python bench/readapi.py
 	$(BIN)/python bench/freshness.py
 	$(BIN)/python bench/scaleout.py
+
+# The service image, built with podman as localhost/soundstream:dev, and a run of it
+# against the local services (see the Dockerfile). The flags are what podman needs
+# on a sandboxed machine: no systemd (cgroupfs), runc rather than crun, and hard
+# ulimits below podman's defaults (PODMAN_LIMITS go to every build and run).
+# Elsewhere: `make image image-smoke PODMAN=podman PODMAN_LIMITS=`.
+PODMAN ?= podman --runtime runc --cgroup-manager=cgroupfs
+PODMAN_LIMITS ?= --ulimit nofile=1024:1024 --ulimit nproc=1000:1000
+IMAGE ?= localhost/soundstream:dev
+
+image:
+	PODMAN='$(PODMAN)' PODMAN_LIMITS='$(PODMAN_LIMITS)' IMAGE='$(IMAGE)' scripts/image
+
+image-smoke: image services
+	PODMAN='$(PODMAN)' PODMAN_LIMITS='$(PODMAN_LIMITS)' IMAGE='$(IMAGE)' scripts/image-smoke

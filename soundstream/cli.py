@@ -7,6 +7,7 @@ with exit status 2 and one line naming it.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,9 +108,16 @@ def _simulate(settings: config.Settings, args: argparse.Namespace) -> int:
         encoding=args.encoding,
         sensor_prefix=args.sensor_prefix,
     )
+    # SIGTERM stops it as Ctrl-C does (as a container's main process, a signal
+    # without a handler would be ignored and the container killed after a timeout).
+    signal.signal(signal.SIGTERM, _interrupt)
     summary = anyio.run(simulate, settings, options)
     print(summary)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

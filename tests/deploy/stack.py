@@ -323,13 +323,14 @@ def kubernetes_version() -> str:
 # --- checkov ---
 
 
-def checkov(directory: Path, framework: str) -> dict[str, Any]:
-    """One checkov run over ``directory``: its JSON report (one framework)."""
+def checkov(target: Path, framework: str) -> dict[str, Any]:
+    """One checkov run over ``target`` (a directory or one file): its JSON report
+    (one framework)."""
     done = subprocess.run(
         [
             str(Path(sysconfig.get_path("scripts")) / "checkov"),
-            "--directory",
-            str(directory),
+            "--file" if target.is_file() else "--directory",
+            str(target),
             "--framework",
             framework,
             "--output",

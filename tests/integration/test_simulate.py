@@ -3,7 +3,11 @@ queue, then take every message back and check it against DESIGN.md section 2."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -226,3 +230,35 @@ def test_summary_line() -> None:
     summary = Summary(chunks=1500, bytes=46_100_000, seconds=3.2)
     assert summary.msg_per_s == pytest.approx(468.75)
     assert str(summary) == "published 1500 chunks (46.1 MB) in 3.2 s: 469 msg/s"
+
+
+async def test_sigterm_stops_it_like_ctrl_c(broker: Broker) -> None:
+    """As a container's main process too: a handler is installed, so SIGTERM is not
+    ignored (PID 1 ignores signals it has no handler for)."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "SOUNDSTREAM_AMQP_URL": AMQP_URL,
+        "SOUNDSTREAM_AUDIO_EXCHANGE": broker.settings.audio_exchange,
+        "SOUNDSTREAM_HTTP_HOST": "127.0.0.1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "soundstream", "simulate", "--sensors", "1", "--seconds", "60",
+         "--realtime", "--chunk-ms", "100"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+
+        async def publishing() -> bool:
+            declared = await broker.channel.queue_declare(broker.queue, passive=True)
+            return bool(declared.message_count)
+
+        deadline = time.monotonic() + 30
+        while not await publishing():
+            assert proc.poll() is None and time.monotonic() < deadline
+            await anyio.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert await anyio.to_thread.run_sync(lambda: proc.wait(timeout=10)) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
