@@ -1,7 +1,7 @@
 # One K3s server (control plane) and an Auto Scaling group of agents, all on
 # Amazon Linux 2023 in the private subnets. Nobody logs in over SSH: Session
 # Manager reaches the nodes, and `kubectl` goes through a port forward to the
-# server (deploy/NOTES.md).
+# server (the README's Deploy section).
 
 data "aws_ssm_parameter" "al2023" {
   name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
