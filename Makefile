@@ -28,6 +28,7 @@ lint: install
 
 test: lint services
 	scripts/observability-tools
+	scripts/browser-tools
 	$(BIN)/pytest
 
 # Benchmarks: each prints its figures and writes bench/results/<name>-<time>.json.
@@ -40,6 +41,7 @@ bench: install services
 	$(BIN)/python bench/readapi.py
 	$(BIN)/python bench/freshness.py
 	$(BIN)/python bench/scaleout.py
+	$(BIN)/python bench/live.py
 
 # The service image, built with podman as localhost/soundstream:dev, and a run of it
 # against the local services (see the Dockerfile). The flags are what podman needs

@@ -89,6 +89,14 @@ class Settings:
     rate_limit: float = 50.0  # requests/s per client on /v1; 0: no limit
     rate_burst: int = 100
     max_requests: int = 64  # /v1 requests in flight at once
+    # Live feature streams (Server-Sent Events) a replica keeps open at once; they
+    # are bounded by this, not by max_requests.
+    max_live_streams: int = 100
+    # Chunks a live stream replays on resuming (Last-Event-ID) or opening (history=),
+    # and how far behind the newest chunk a client may fall before it is dropped.
+    live_replay_chunks: int = 60
+    # How long a live stream waits for a client to take an event before dropping it.
+    live_send_timeout_s: float = 10.0
     trusted_proxies: tuple[Network, ...] = ()
     max_sensors: int = 16  # sensors one /v1/features request may name
     max_range_s: float = 31 * 86_400.0  # end - start of a paged feature request
@@ -323,6 +331,9 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "rate_limit": _float(0.0, 1_000_000.0),
     "rate_burst": _int(1, 1_000_000),
     "max_requests": _int(1, 100_000),
+    "max_live_streams": _int(1, 100_000),
+    "live_replay_chunks": _int(1, 10_000),
+    "live_send_timeout_s": _float(0.0, 600.0, lo_open=True),
     "max_sensors": _int(1, 1000),
     "max_range_s": _float(1.0, 100 * 366 * 86_400.0),
     "max_stream_range_s": _float(1.0, 100 * 366 * 86_400.0),

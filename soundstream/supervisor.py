@@ -15,7 +15,7 @@ from __future__ import annotations
 import signal
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from functools import partial
 
@@ -30,12 +30,14 @@ from soundstream.errors import RestartBudgetExhausted, TopologyMismatch
 from soundstream.failures import database_failure, describe, leaves, unavailable, undecodable
 from soundstream.http import server
 from soundstream.http.app import create_app
+from soundstream.http.live import Hub
 from soundstream.ingest import consumer, extractor, upkeep, writer
 from soundstream.ingest.flow import Flow
 from soundstream.ingest.pool import ExtractionPool, open_pool
 from soundstream.observe.metrics import Metrics
 from soundstream.observe.tracing import Tracing
-from soundstream.status import Readiness, Status
+from soundstream.status import Check, Readiness, Status
+from soundstream.store import announce
 from soundstream.store.session import keep_session
 from soundstream.store.write import init_connection
 
@@ -44,6 +46,7 @@ log = structlog.get_logger(__name__)
 MIN_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 READY_CHECK_TIMEOUT_S = 2.0
+LIVE_FEED = "live_feed"
 
 
 async def serve(
@@ -90,34 +93,25 @@ async def serve(
         health = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=1)
         stack.push_async_callback(health.close)
 
-        async def ready() -> Readiness:
-            if stop.is_set():
-                status.down("process", "draining")
-            if not settings.ingest:  # the database as the API sees it
-                problem = await _ping(health)
-                if problem:
-                    status.down(writer.COMPONENT, problem)
-                else:
-                    status.up(writer.COMPONENT)
-                return Readiness(status.problems(), status.checks())
-            problems = status.problems()
-            if not status.is_down(writer.COMPONENT):  # else the writer already says why
-                problem = await _ping(health)
-                problems.extend([f"{writer.COMPONENT}: {problem}"] if problem else [])
-            return Readiness(problems, status.checks())
-
+        # The live view's announcement feed (an API role's), listened to below.
+        hub = Hub() if settings.api else None
+        ready = _readiness(settings, stop, status, health, hub)
         app = create_app(
             settings,
             pool=pool if settings.api else None,
             ready=ready,
             metrics=metrics,
             tracing=tracing,
+            hub=hub,
         )
         http_stop = anyio.Event()
         with _one_error():
             async with anyio.create_task_group() as tg:
                 watching_signals = anyio.CancelScope()
                 tg.start_soon(_on_signals, stop, watching_signals)
+                listening = anyio.CancelScope()
+                if hub is not None:
+                    tg.start_soon(_listen, settings.database_url, hub, listening)
                 port = await tg.start(server.run, settings, app, http_stop)
                 log.info(
                     "http_listening",
@@ -131,9 +125,43 @@ async def serve(
                     await _supervise_ingest(settings, stop, status, metrics, tracing)
                 else:
                     await stop.wait()
+                if hub is not None:
+                    hub.close()  # live streams say so and end, or HTTP would wait on them
                 http_stop.set()  # the HTTP actor finishes its requests and returns
                 watching_signals.cancel()
+                listening.cancel()
     log.info("stopped")
+
+
+def _readiness(
+    settings: Settings, stop: anyio.Event, status: Status, health: asyncpg.Pool, hub: Hub | None
+) -> Callable[[], Awaitable[Readiness]]:
+    """What ``/readyz`` asks. The live feed is listed among the checks but is never a
+    reason to be unready: without it live streams poll, and nothing else needs it."""
+
+    def checks() -> dict[str, Check]:
+        listed = status.checks()
+        if hub is not None:
+            listed[LIVE_FEED] = hub.feed.check
+        return listed
+
+    async def ready() -> Readiness:
+        if stop.is_set():
+            status.down("process", "draining")
+        if not settings.ingest:  # the database as the API sees it
+            problem = await _ping(health)
+            if problem:
+                status.down(writer.COMPONENT, problem)
+            else:
+                status.up(writer.COMPONENT)
+            return Readiness(status.problems(), checks())
+        problems = status.problems()
+        if not status.is_down(writer.COMPONENT):  # else the writer already says why
+            problem = await _ping(health)
+            problems.extend([f"{writer.COMPONENT}: {problem}"] if problem else [])
+        return Readiness(problems, checks())
+
+    return ready
 
 
 @contextmanager
@@ -157,6 +185,11 @@ async def _ping(pool: asyncpg.Pool) -> str:
     except Exception as exc:
         return f"unreachable ({type(exc).__name__})"
     return ""
+
+
+async def _listen(database_url: str, hub: Hub, scope: anyio.CancelScope) -> None:
+    with scope:
+        await announce.listen(database_url, hub.feed)
 
 
 async def _on_signals(stop: anyio.Event, scope: anyio.CancelScope) -> None:

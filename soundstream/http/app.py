@@ -1,8 +1,9 @@
 """The HTTP API (DESIGN.md section 6) as a starlette application.
 
-``create_app`` is handed everything it uses: the settings, the database pool and a
-readiness check; it opens nothing itself. Health, readiness and the OpenAPI
-document are always served; ``/v1/*`` only by a process with the ``api`` role.
+``create_app`` is handed everything it uses: the settings, the database pool, a
+readiness check and the live feed's hub; it opens nothing itself. Health, readiness
+and the OpenAPI document are always served; ``/v1/*`` and the live pages
+(``/live/...``) only by a process with the ``api`` role.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from starlette.routing import BaseRoute, Mount, Route
 from soundstream.config import Settings
 from soundstream.core.timefmt import format_timestamp
 from soundstream.failures import unavailable
-from soundstream.http import docs, openapi, problems, query
+from soundstream.http import docs, live, openapi, problems, query
 from soundstream.http.auth import BearerAuth
 from soundstream.http.cursor import Cursors
 from soundstream.http.features import FeatureRoutes
-from soundstream.http.limits import ConcurrencyLimit, RateLimit
+from soundstream.http.limits import RateLimit
 from soundstream.observe.metrics import CONTENT_TYPE, Metrics
 from soundstream.observe.requests import Observed
 from soundstream.observe.tracing import Tracing
@@ -63,8 +64,10 @@ def create_app(
     ready: ReadinessCheck,
     metrics: Metrics | None = None,
     tracing: Tracing | None = None,
+    hub: live.Hub | None = None,
 ) -> Starlette:
-    """The app; without ``metrics`` or ``tracing``, a registry of its own and no traces."""
+    """The app; without ``metrics`` or ``tracing``, a registry of its own and no traces;
+    without ``hub`` (no announcement feed), live streams end after what they replay."""
     metrics = metrics or Metrics()
     tracing = tracing or Tracing("none")
     document = orjson.dumps(openapi.document(settings))
@@ -102,8 +105,12 @@ def create_app(
             raise ValueError("the api role needs a database pool")
         cursors = Cursors(settings.cursor_secret)
         bounded = read.BoundedPool(pool, settings.pool_timeout_s)
+        live_routes = live.LiveRoutes(bounded, settings, hub, metrics)
         v1 = _Sensors(bounded).routes() + FeatureRoutes(bounded, settings, cursors).routes()
+        v1 += live_routes.v1_routes()
         routes.append(Mount("/v1", routes=v1, middleware=_guards(settings)))
+        # Static pages: public, like /docs; what they show comes from /v1 with a key.
+        routes += live_routes.page_routes()
     handlers = dict(problems.HANDLERS)
     handlers.update(dict.fromkeys(DATABASE_ERRORS, _database_error))
     observed = [Middleware(Observed, metrics=metrics, tracing=tracing)]
@@ -119,6 +126,8 @@ def _guards(settings: Settings) -> list[Middleware]:
     bucket table) nor a slot. The rate limit next, keyed on the identity the key
     gives. The bound on requests in flight last, so that only requests about to
     do work hold a slot: a flood of 401s or 429s never turns a client away with 503.
+    Live streams are exempt from that bound and counted against their own
+    (``live.LimitedExceptLive``).
     """
     guards: list[Middleware] = []
     if settings.api_key_digests:
@@ -132,7 +141,7 @@ def _guards(settings: Settings) -> list[Middleware]:
                 trusted_proxies=settings.trusted_proxies,
             )
         )
-    guards.append(Middleware(ConcurrencyLimit, limit=settings.max_requests))
+    guards.append(Middleware(live.LimitedExceptLive, limit=settings.max_requests))
     return guards
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from soundstream.config import Settings
 from soundstream.core.fields import ARRAY_FIELDS, FEATURE_FIELDS, SCALARS
 from soundstream.core.wire import SENSOR_ID
-from soundstream.http import cursor, features, problems, query
+from soundstream.http import cursor, features, live, problems, query
 from soundstream.observe import metrics
 from soundstream.store import downsample
 from soundstream.store.read import (
@@ -243,6 +243,64 @@ def _schemas() -> dict[str, Any]:
         "Bucket": _row(sensor=False, bucket=True),
         "SensorFrame": _row(sensor=True, bucket=False),
         "SensorBucket": _row(sensor=True, bucket=True),
+        "LiveEvent": {
+            "type": "object",
+            "description": "One Server-Sent Event (WHATWG HTML, 9.2) of a live stream: its "
+            "fields; data is JSON.",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"type": "string", "enum": ["chunk", "missed", "close"]},
+                "id": {"type": "string", "pattern": "^[0-9]+$"},
+                "retry": {"type": "integer", "minimum": 0},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": JSON,
+                    "contentSchema": {
+                        "oneOf": [
+                            _ref("schemas", "LiveChunk"),
+                            _ref("schemas", "LiveMissed"),
+                            _ref("schemas", "LiveClose"),
+                        ]
+                    },
+                },
+            },
+        },
+        "LiveChunk": {
+            "type": "object",
+            "description": "event: chunk. One committed chunk's frames.",
+            "required": ["sensor_id", "seq", "frames"],
+            "properties": {
+                "sensor_id": _ref("schemas", "SensorId"),
+                "seq": {"type": "integer", "minimum": 0},
+                "frames": {"type": "array", "items": _ref("schemas", "Frame")},
+            },
+            "additionalProperties": False,
+        },
+        "LiveMissed": {
+            "type": "object",
+            "description": "event: missed. Seqs from..to (inclusive) skipped on resuming, "
+            "being beyond the window.",
+            "required": ["from", "to", "reason"],
+            "properties": {
+                "from": {"type": "integer", "minimum": 0},
+                "to": {"type": "integer", "minimum": 0},
+                "reason": {"const": "beyond-window"},
+            },
+            "additionalProperties": False,
+        },
+        "LiveClose": {
+            "type": "object",
+            "description": "event: close. The server ends the stream, and why.",
+            "required": ["reason", "detail"],
+            "properties": {
+                "reason": {
+                    "type": "string",
+                    "enum": ["behind", "shutdown", "unavailable", "no-feed"],
+                },
+                "detail": {"type": "string"},
+            },
+            "additionalProperties": False,
+        },
         "FramePage": _page("Frame", one_sensor=True),
         "BucketPage": _page("Bucket", one_sensor=True),
         "SensorFramePage": _page("SensorFrame", one_sensor=False),
@@ -387,6 +445,15 @@ def _parameters(settings: Settings) -> dict[str, Any]:
             ),
             "schema": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h|d)$"},
             "example": "1s",
+        },
+        "history": {
+            "name": "history",
+            "in": "query",
+            "description": (
+                "On a stream opened without Last-Event-ID: send the sensor's last this many "
+                "chunks first (default none: from the next commit on)."
+            ),
+            "schema": {"type": "integer", "minimum": 1, "maximum": settings.live_replay_chunks},
         },
         "agg": {
             "name": "agg",
@@ -643,6 +710,51 @@ def _v1_paths(settings: Settings, auth: bool) -> dict[str, Any]:
                 auth=auth,
             )
         },
+        "/v1/sensors/{sensor_id}/live": {
+            "get": _operation(
+                "streamSensor",
+                "One sensor's chunks as they are committed, as Server-Sent Events.",
+                {
+                    "description": (
+                        "An endless text/event-stream. `retry: 2000` first; then one "
+                        "`event: chunk` per committed chunk with frames, in seq order, "
+                        "`id:` the highest seq sent so far (a chunk committed after a "
+                        "later one comes when committed, under the id already reached) "
+                        'and `data:` {"sensor_id", "seq", "frames"} with the frames as '
+                        "in a JSON feature answer. A comment line (`: keep-alive`) every "
+                        f"{live.KEEPALIVE_S:g} s when nothing else is sent. `event: missed`"
+                        ' {"from", "to", "reason"} (id: to) when a resumed stream skips '
+                        "seqs beyond the window; `event: close` "
+                        '{"reason", "detail"} before the server ends the stream: reason '
+                        "behind (the client fell more than "
+                        f"{settings.live_replay_chunks} seqs behind), shutdown, "
+                        "unavailable (the database), or no-feed."
+                    ),
+                    "headers": {
+                        "Cache-Control": {
+                            "description": "no-cache",
+                            "schema": {"type": "string"},
+                        }
+                    },
+                    "content": {live.MEDIA_TYPE: {"schema": _ref("schemas", "LiveEvent")}},
+                },
+                description=(
+                    "Any API replica streams any sensor: writers announce each committed "
+                    "batch (PostgreSQL NOTIFY) and every replica reads what was announced. "
+                    "Send Last-Event-ID (a request header: the last id received) to resume "
+                    f"after that seq without a gap: at most {settings.live_replay_chunks} "
+                    "seqs back, else an event missed says what was skipped and the newest "
+                    "chunks follow. A client that takes no bytes for "
+                    f"{settings.live_send_timeout_s:g} s is cut off. At most "
+                    f"{settings.max_live_streams} streams are open on a replica (503 past "
+                    "that); they do not count against the bound on requests in flight."
+                ),
+                parameters=("sensor_id", "fields", "history"),
+                errors=(("400", "BadRequest"), ("404", "NotFound")),
+                v1=True,
+                auth=auth,
+            )
+        },
         "/v1/features": {
             "get": _operation(
                 "getFeaturesOfSensors",
@@ -657,6 +769,47 @@ def _v1_paths(settings: Settings, auth: bool) -> dict[str, Any]:
             )
         },
     }
+
+
+def _live_paths() -> dict[str, Any]:
+    """The live pages: static, no key needed (they ask for one when /v1 does)."""
+
+    def page(what: str) -> dict[str, Any]:
+        return {
+            "description": f"{what}: a self-contained page (its script and style from "
+            "/live/assets/, data from /v1 on this origin).",
+            "content": _content({"type": "string"}, HTML),
+        }
+
+    paths: dict[str, Any] = {
+        "/live/": {
+            "get": _operation(
+                "liveSensors",
+                "A page listing every sensor (last seen, chunks, frames, gaps), each "
+                "linking to its live page.",
+                page("The sensors"),
+            )
+        },
+        "/live/{sensor_id}": {
+            "get": _operation(
+                "liveSensor",
+                "A page drawing one sensor as its chunks are committed: a scrolling mel "
+                "spectrogram and lines of rms, centroid and dominant frequency.",
+                page("The sensor's live view"),
+                parameters=("sensor_id",),
+                errors=(("400", "BadRequest"),),
+            )
+        },
+    }
+    for name, media_type in live.ASSETS.items():
+        paths[f"/live/assets/{name}"] = {
+            "get": _operation(
+                "liveAsset" + name.split(".")[1].upper(),
+                f"The live pages' {name}.",
+                {"description": name, "content": _content({"type": "string"}, media_type)},
+            )
+        }
+    return paths
 
 
 def _service_paths() -> dict[str, Any]:
@@ -723,6 +876,7 @@ def document(settings: Settings) -> dict[str, Any]:
     paths = _service_paths()
     if settings.api:
         paths.update(_v1_paths(settings, auth))
+        paths.update(_live_paths())
         components["parameters"] = _parameters(settings)
         components["headers"] = _headers()
         responses.update(_responses(settings))

@@ -14,10 +14,24 @@ import anyio
 import uvicorn
 from anyio.abc import TaskStatus
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from soundstream.config import Settings
 
 SHUTDOWN_TIMEOUT_S = 5
+ABORT = "soundstream.abort"
+"""``scope["extensions"][ABORT]["abort"]()`` drops the request's connection at once."""
+
+
+class _Protocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol (httptools), offering the app a way to drop its
+    connection at once: uvicorn only closes it, which first waits for the buffered
+    answer to go out, and a client that stopped reading never takes it (a live
+    stream's stalled client, ``http.live``)."""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = {ABORT: {"abort": self.transport.abort}}
 
 
 class _Server(uvicorn.Server):
@@ -59,6 +73,7 @@ async def run(
         # only; uvicorn's own handling would rewrite the client address for any
         # request from 127.0.0.1 (or $FORWARDED_ALLOW_IPS).
         proxy_headers=False,
+        http=_Protocol,
         timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_S,
     )
     server = _Server(config)

@@ -39,6 +39,7 @@ _LAG = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 RESTART_CAUSES = ("broker_unavailable", "database_unavailable", "message", "crash")
+LIVE_DROP_REASONS = ("behind", "stalled")
 
 
 class Metrics:
@@ -160,6 +161,22 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
+        # Live streams (Server-Sent Events of committed chunks).
+        self.live_streams = Gauge(
+            "soundstream_live_streams",
+            "Live feature streams open (SOUNDSTREAM_MAX_LIVE_STREAMS bounds them).",
+            registry=r,
+        )
+        self.live_clients_dropped = Counter(
+            "soundstream_live_clients_dropped",
+            "Live streams ended because the client read too slowly: it fell more than "
+            "SOUNDSTREAM_LIVE_REPLAY_CHUNKS behind (behind), or took no event for "
+            "SOUNDSTREAM_LIVE_SEND_TIMEOUT_S (stalled).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in LIVE_DROP_REASONS:
+            self.live_clients_dropped.labels(reason)
         for reason in MESSAGE_PARTS:
             self.chunks_dead_lettered.labels(reason)
         for cause in RESTART_CAUSES:

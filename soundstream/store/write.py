@@ -5,7 +5,8 @@ only the chunks that were new have their frames written (one ``chunk_frames`` ro
 each, already in binary COPY format), so a redelivered or republished chunk adds
 nothing and raises nothing. What the batch adds to each sensor's summary goes in
 as append-only deltas: two replicas writing the same sensor never wait for each
-other on a row (``store.upkeep`` folds the deltas in).
+other on a row (``store.upkeep`` folds the deltas in). The new chunks with frames
+are announced to the API replicas in the same transaction (``store.announce``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncpg
 
 from soundstream.core.records import Extracted, ns_to_us
 from soundstream.errors import SchemaMissing
-from soundstream.store import pgcopy
+from soundstream.store import announce, pgcopy
 from soundstream.store.locks import PARTITION_LOCK
 
 # timestamptz travels as integer microseconds since 2000-01-01 (PostgreSQL's epoch):
@@ -126,6 +127,8 @@ async def write_batch(conn: asyncpg.Connection, batch: Sequence[Extracted]) -> t
             await _copy(conn, "chunk_frames", b"".join(pgcopy.stream(rows)))
         if fresh:
             await conn.execute(_DELTAS, *_deltas(fresh), _longest_us(fresh))
+        # Last, so the stamp is close to the commit; delivered only if it commits.
+        await announce.announce(conn, [(e.sensor_id, e.seq) for e in fresh if e.frames.n_frames])
     return len(fresh), sum(e.frames.n_frames for e in fresh)
 
 
