@@ -15,7 +15,10 @@ A stream's events, one per committed chunk with frames, in seq order::
     event: chunk
     data: {"sensor_id": "mic-7", "seq": 17, "frames": [{"ts": ..., "rms": ...}, ...]}
 
-``Last-Event-ID`` (the last id received) resumes after that seq. A client more than
+An id is the highest seq sent, followed, when chunks below it have not been sent
+yet (two batches committed out of seq order), by those seqs: ``id: 17;12-14,16``.
+``Last-Event-ID`` (the last id received) resumes after that seq and with those
+holes, so a chunk committed late during a disconnect still comes. A client more than
 ``live_replay_chunks`` seqs behind, on resuming or while reading, skips ahead: on
 resuming it gets an ``event: missed`` naming the seqs skipped (its id the last of
 them) and then the newest chunks; while reading, it is too slow, and gets
@@ -31,6 +34,7 @@ import re
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -46,6 +50,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from soundstream.config import Settings
 from soundstream.core.fields import FEATURE_FIELDS
+from soundstream.core.wire import INT64_MAX
 from soundstream.errors import BadRequest
 from soundstream.failures import describe
 from soundstream.http import formats, problems, query
@@ -281,7 +286,7 @@ class LiveRoutes:
         fields = _fields(params)
         window = self._settings.live_replay_chunks
         history = query.bounded_int(params, "history", window, 0)
-        last_id = _last_event_id(request.headers.get("last-event-id"))
+        last_id = _last_event_id(request.headers.get("last-event-id"), window)
         if not self.streams.take():
             return self._busy
         stream = _Stream(self, sensor_id, fields)
@@ -323,11 +328,15 @@ class _Stream:
         self._subscribing = self._hub.subscribe(sensor_id) if self._hub else None
         self._subscription = self._subscribing.__enter__() if self._subscribing else None
         self._cursor = -1  # the highest seq sent, or the one to go on after
+        # Seqs below the cursor, within the window, that it passed over unsent: sent
+        # if they are committed later, and named in the id for a resume.
+        self._holes: set[int] = set()
+        self._asked: set[int] = set()  # holes a resume named, read once at the start
         self._recent: deque[int] = deque(maxlen=RECENT_SEQS)
         self._first: list[bytes] = [b"retry: %d\n\n" % RETRY_MS]
         self._send: Send | None = None
 
-    async def open(self, last_id: int | None, history: int) -> bool:
+    async def open(self, last_id: EventId | None, history: int) -> bool:
         """Find where the stream starts (subscribed already, so nothing committed
         from now on is missed); False if the sensor never sent anything."""
         latest = await announce.last_seq(self._pool, self._sensor_id)
@@ -336,13 +345,16 @@ class _Stream:
             return False
         window = self._settings.live_replay_chunks
         if last_id is not None:
-            self._cursor = last_id
-            if latest - last_id > window:
+            self._cursor = last_id.seq
+            self._holes = {seq for seq in last_id.holes if seq >= last_id.seq - window}
+            if latest - last_id.seq > window:
                 skip_to = await announce.seq_before_latest(self._pool, self._sensor_id, window)
-                if skip_to is not None and skip_to > last_id:
-                    detail = {"from": last_id + 1, "to": skip_to, "reason": "beyond-window"}
-                    self._first.append(_event("missed", orjson.dumps(detail), skip_to))
+                if skip_to is not None and skip_to > last_id.seq:
+                    detail = {"from": last_id.seq + 1, "to": skip_to, "reason": "beyond-window"}
+                    self._first.append(_event("missed", orjson.dumps(detail), str(skip_to)))
                     self._cursor = skip_to
+                    self._holes = set()
+            self._asked = set(self._holes)
         elif history:
             before = await announce.seq_before_latest(self._pool, self._sensor_id, history)
             self._cursor = -1 if before is None else before
@@ -420,6 +432,8 @@ class _Stream:
                     "Last-Event-ID to skip ahead",
                 )
             announced = subscription.take() if subscription is not None else set()
+            announced |= self._asked
+            self._asked = set()
             late = sorted(seq for seq in announced if seq <= self._cursor)
             late = [seq for seq in late if seq not in self._recent]
             try:
@@ -431,9 +445,8 @@ class _Stream:
                 log.warning("live_read_failed", sensor_id=self._sensor_id, error=describe(exc))
                 return await self._close("unavailable", "the database is unavailable; reconnect")
             for chunk in chunks:
+                self._sent(chunk.seq)
                 await self._write(self._chunk_event(chunk))
-                self._recent.append(chunk.seq)
-                self._cursor = max(self._cursor, chunk.seq)
             if chunks:
                 quiet_since = anyio.current_time()
             if len(chunks) == READ_CHUNKS:
@@ -448,16 +461,67 @@ class _Stream:
                 await self._write(b": keep-alive\n\n")
                 quiet_since = anyio.current_time()
 
+    def _sent(self, seq: int) -> None:
+        """Account for ``seq`` being sent: past the cursor, the seqs jumped over
+        become holes; below it, it fills one."""
+        self._recent.append(seq)
+        if seq > self._cursor:
+            if self._cursor >= 0:
+                low = max(self._cursor + 1, seq - self._settings.live_replay_chunks)
+                self._holes.update(range(low, seq))
+            self._cursor = seq
+        else:
+            self._holes.discard(seq)
+        floor = self._cursor - self._settings.live_replay_chunks
+        self._holes = {hole for hole in self._holes if hole >= floor}
+
     def _chunk_event(self, chunk: ChunkFrames) -> bytes:
         rows = formats.Rows(chunk.page, self._fields)
         frames = b",".join(formats.ndjson(rows).splitlines())
         head = orjson.dumps({"sensor_id": self._sensor_id, "seq": chunk.seq})[:-1]
-        id_ = max(self._cursor, chunk.seq)
+        id_ = EventId(self._cursor, frozenset(self._holes)).text()
         return _event("chunk", head + b',"frames":[' + frames + b"]}", id_)
 
 
-def _event(name: str, data: bytes, id_: int | None = None) -> bytes:
-    head = b"" if id_ is None else b"id: %d\n" % id_
+@dataclass(frozen=True, slots=True)
+class EventId:
+    """What an event id says: the highest seq sent, and the seqs below it not sent."""
+
+    seq: int
+    holes: frozenset[int] = frozenset()
+
+    def text(self) -> str:
+        if not self.holes:
+            return str(self.seq)
+        ranges = announce.seq_ranges(self.holes)
+        return f"{self.seq};" + ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+_EVENT_ID = re.compile(r"(\d{1,19})(?:;(\d{1,19}(?:-\d{1,19})?(?:,\d{1,19}(?:-\d{1,19})?)*))?")
+MAX_EVENT_ID = 4096
+
+
+def parse_event_id(value: str, window: int) -> EventId:
+    """``EventId.text`` read back; ``ValueError`` for anything else (holes must lie
+    below the seq, within ``window`` of it)."""
+    found = _EVENT_ID.fullmatch(value) if len(value) <= MAX_EVENT_ID else None
+    if found is None:
+        raise ValueError("not an id")
+    seq = int(found.group(1))
+    if seq > INT64_MAX:
+        raise ValueError("beyond any seq")
+    holes: set[int] = set()
+    for part in (found.group(2) or "").split(",") if found.group(2) else []:
+        first, _, last = part.partition("-")
+        low, high = int(first), int(last or first)
+        if not seq - window <= low <= high < seq:
+            raise ValueError("holes must lie below the seq, within the window")
+        holes.update(range(low, high + 1))
+    return EventId(seq, frozenset(holes))
+
+
+def _event(name: str, data: bytes, id_: str | None = None) -> bytes:
+    head = b"" if id_ is None else b"id: " + id_.encode() + b"\n"
     return head + b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
 
 
@@ -467,13 +531,15 @@ async def _until_disconnected(receive: Receive, scope: anyio.CancelScope) -> Non
     scope.cancel()
 
 
-def _last_event_id(value: str | None) -> int | None:
+def _last_event_id(value: str | None, window: int) -> EventId | None:
     if value is None or not value.strip():
         return None
-    text = value.strip()
-    if not (text.isascii() and text.isdigit() and len(text) <= 18):
-        raise BadRequest("Last-Event-ID", "Last-Event-ID must be a seq (digits) as sent in id:")
-    return int(text)
+    try:
+        return parse_event_id(value.strip(), window)
+    except ValueError:
+        raise BadRequest(
+            "Last-Event-ID", "Last-Event-ID must be an id as sent in id: (a seq, then ;holes)"
+        ) from None
 
 
 def _fields(params: QueryParams) -> list[str]:

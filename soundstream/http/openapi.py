@@ -250,7 +250,12 @@ def _schemas() -> dict[str, Any]:
             "required": ["event", "data"],
             "properties": {
                 "event": {"type": "string", "enum": ["chunk", "missed", "close"]},
-                "id": {"type": "string", "pattern": "^[0-9]+$"},
+                "id": {
+                    "type": "string",
+                    "pattern": "^[0-9]+(;[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)?$",
+                    "description": "The highest seq sent, then (after ;) the seqs below it "
+                    "not sent yet, as ranges: send it back as Last-Event-ID.",
+                },
                 "retry": {"type": "integer", "minimum": 0},
                 "data": {
                     "type": "string",
@@ -718,8 +723,10 @@ def _v1_paths(settings: Settings, auth: bool) -> dict[str, Any]:
                     "description": (
                         "An endless text/event-stream. `retry: 2000` first; then one "
                         "`event: chunk` per committed chunk with frames, in seq order, "
-                        "`id:` the highest seq sent so far (a chunk committed after a "
-                        "later one comes when committed, under the id already reached) "
+                        "`id:` the highest seq sent so far, followed by `;` and the seqs "
+                        "below it not sent yet when there are any (`17;12-14,16`: a chunk "
+                        "committed after a later one still comes, and a resume from that "
+                        "id gets it too) "
                         'and `data:` {"sensor_id", "seq", "frames"} with the frames as '
                         "in a JSON feature answer. A comment line (`: keep-alive`) every "
                         f"{live.KEEPALIVE_S:g} s when nothing else is sent. `event: missed`"

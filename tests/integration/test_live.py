@@ -39,8 +39,13 @@ def api_only(settings: config.Settings, **changes: Any) -> config.Settings:
 @dataclass
 class Event:
     event: str
-    id: int | None
+    id: str | None
     data: Any
+
+    @property
+    def seq_id(self) -> int | None:
+        """The id's seq: the highest sent (the id may go on with ``;holes``)."""
+        return None if self.id is None else int(self.id.split(";")[0])
 
 
 @dataclass
@@ -98,8 +103,7 @@ def _parse(lines: list[str]) -> Event:
         name, _, value = line.partition(": ")
         fields[name] = value
     data = orjson.loads(fields["data"]) if "data" in fields else None
-    id_ = int(fields["id"]) if "id" in fields else None
-    return Event(fields.get("event", "message"), id_, data)
+    return Event(fields.get("event", "message"), fields.get("id"), data)
 
 
 @asynccontextmanager
@@ -137,7 +141,7 @@ async def writer(database: str) -> AsyncIterator[Writer]:
 
 
 def ids(stream: Stream) -> list[int | None]:
-    return [e.id for e in stream.chunks]
+    return [e.seq_id for e in stream.chunks]
 
 
 # --- one replica --------------------------------------------------------------------
@@ -159,7 +163,7 @@ async def test_each_committed_chunk_is_one_event_with_its_stored_frames(
             await some.wait_for(lambda s: len(s.chunks) == 2)
         assert ids(stream) == [1, 2]  # not seq 0, committed before it opened
         for event in stream.chunks:
-            assert event.data["sensor_id"] == "mic-1" and event.data["seq"] == event.id
+            assert event.data["sensor_id"] == "mic-1" and event.data["seq"] == event.seq_id
             frames = event.data["frames"]
             # The same frames, numbers and names as the JSON feature answer gives.
             answer = await service.get(
@@ -168,7 +172,7 @@ async def test_each_committed_chunk_is_one_event_with_its_stored_frames(
                 end=frames[-1]["ts"].replace("Z", "1Z"),  # one digit more: just after
             )
             assert answer.json()["frames"] == frames
-            assert len(frames) == extracted("mic-1", event.id).frames.n_frames
+            assert len(frames) == extracted("mic-1", event.data["seq"]).frames.n_frames
         for event in some.chunks:
             assert set(event.data["frames"][0]) == {"ts", "rms", "dominant_hz"}
         headers = (await _head(service, "mic-1")).headers
@@ -202,7 +206,7 @@ async def test_last_event_id_resumes_without_gap_or_duplicate_within_the_window(
         async with streaming(service, "mic-2", {"Last-Event-ID": "1"}) as stream:
             await stream.wait_for(lambda s: len(s.chunks) == 5)
         missed = stream.events[0]
-        assert missed.event == "missed" and missed.id == 7
+        assert missed.event == "missed" and missed.id == "7"
         assert missed.data == {"from": 2, "to": 7, "reason": "beyond-window"}
         assert ids(stream) == [8, 9, 10, 11, 12]
 
@@ -217,8 +221,35 @@ async def test_a_chunk_committed_late_is_still_sent(
         await writer.write(extracted("mic-3", 1))  # after 2 was sent
         await stream.wait_for(lambda s: len(s.chunks) == 2)
     assert [e.data["seq"] for e in stream.chunks] == [2, 1]
-    # The id is the highest seq sent: resuming after it repeats nothing.
-    assert ids(stream) == [2, 2]
+    # The id is the highest seq sent, and the seqs below it not sent yet: resuming
+    # after it repeats nothing and misses nothing.
+    assert [e.id for e in stream.chunks] == ["2;1", "2"]
+
+
+async def test_a_resume_gets_a_chunk_committed_late_while_disconnected(
+    settings: config.Settings, writer: Writer
+) -> None:
+    await writer.write(extracted("mic-9", 0))
+    async with running(api_only(settings)) as service:
+        async with streaming(service, "mic-9") as stream:
+            await writer.write(extracted("mic-9", 3))  # 1 and 2 not committed yet
+            await stream.wait_for(lambda s: len(s.chunks) == 1)
+        last = stream.chunks[-1].id
+        assert last == "3;1-2"
+        # While the client is away, 2 is committed, then 4.
+        await writer.write(extracted("mic-9", 2))
+        await writer.write(extracted("mic-9", 4))
+        async with streaming(service, "mic-9", {"Last-Event-ID": str(last)}) as stream:
+            await stream.wait_for(lambda s: len(s.chunks) == 2)
+            await writer.write(extracted("mic-9", 1))
+            await stream.wait_for(lambda s: len(s.chunks) == 3)
+        assert sorted(e.data["seq"] for e in stream.chunks) == [1, 2, 4]
+        assert stream.chunks[-1].id == "4"
+        # An id that names holes above its seq or beyond the window is refused.
+        for bad in ("3;5", "3;1-9", "3;", "x", "90;1"):
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.port}") as c:
+                answer = await c.get("/v1/sensors/mic-9/live", headers={"Last-Event-ID": bad})
+            assert answer.status_code == 400, bad
 
 
 async def test_refusals_keys_and_the_bound_on_open_streams(
@@ -333,7 +364,7 @@ async def test_a_slow_client_that_falls_behind_gets_a_clear_close(
         assert text.rstrip().endswith("0")  # the chunked body's last chunk: a clean end
         close = text[text.rindex("event: close") :]
         assert '"reason":"behind"' in close
-        got = [int(line[4:]) for line in text.splitlines() if line.startswith("id: ")]
+        got = [int(line[4:].split(";")[0]) for line in text.splitlines() if line.startswith("id: ")]
         assert got and max(got) < 20  # it never got to the end
         dropped = await scrape(service)
         assert dropped['soundstream_live_clients_dropped_total{reason="behind"}'] == 1

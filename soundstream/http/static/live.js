@@ -358,7 +358,7 @@
     let lastEventAt = null;
 
     function onEvent(event) {
-      if (event.id !== null) state.lastId = Number(event.id);
+      if (event.id !== null) state.lastId = event.id;  // "17", or "17;12-14" with holes
       const data = event.data.length ? JSON.parse(event.data.join("\n")) : null;
       if (event.event === "chunk") {
         state.events += 1;
