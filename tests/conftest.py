@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
-from testenv import AMQP_URL, PG_ADMIN_URL, database_url, unique
+from testenv import AMQP_URL, PG_ADMIN_URL, database_url, delete_topology, unique
 
 from soundstream import config
 from soundstream.store.migrate import migrate
@@ -64,3 +64,12 @@ def settings(database: str, amqp_names: dict[str, str]) -> config.Settings:
         log_format="console",
         **amqp_names,
     )
+
+
+@pytest.fixture
+async def topology(
+    settings: config.Settings, amqp_names: dict[str, str]
+) -> AsyncIterator[config.Settings]:
+    """``settings`` whose exchanges and queues are deleted after the test."""
+    yield settings
+    await delete_topology(settings.amqp_url, amqp_names)

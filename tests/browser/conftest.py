@@ -8,16 +8,13 @@ where it cannot (no root, no apt-get), they skip, saying so.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from soundstream import config
+from testenv import installed_tool
 
 _TESTS = Path(__file__).resolve().parents[1]
 if str(_TESTS / "integration") not in sys.path:
@@ -39,18 +36,7 @@ ARGS = [
 
 
 def chromium() -> str:
-    if os.access(CHROMIUM, os.X_OK):
-        return CHROMIUM
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        pytest.fail(
-            f"{CHROMIUM} is missing although {INSTALLER} could install it here (root, "
-            f"apt-get): run {INSTALLER} (make test does) and look at what it says",
-            pytrace=False,
-        )
-    pytest.skip(
-        f"{CHROMIUM} is missing and {INSTALLER} can only install it as root on Debian: "
-        "run it as root, or install Debian's chromium package"
-    )
+    return installed_tool(CHROMIUM, INSTALLER, "chromium")
 
 
 @pytest.fixture
@@ -64,14 +50,3 @@ async def browser() -> AsyncIterator[Any]:
             yield launched
         finally:
             await launched.close()
-
-
-@pytest.fixture
-async def topology(
-    settings: config.Settings, amqp_names: dict[str, str]
-) -> AsyncIterator[config.Settings]:
-    """``settings`` whose exchanges and queues are deleted after the test."""
-    from support import delete_topology
-
-    yield settings
-    await delete_topology(settings.amqp_url, amqp_names)

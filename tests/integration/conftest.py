@@ -6,19 +6,8 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from support import delete_topology
 
-from soundstream import config
 from soundstream.store.write import init_connection
-
-
-@pytest.fixture
-async def topology(
-    settings: config.Settings, amqp_names: dict[str, str]
-) -> AsyncIterator[config.Settings]:
-    """``settings`` whose exchanges and queues are deleted after the test."""
-    yield settings
-    await delete_topology(settings.amqp_url, amqp_names)
 
 
 @pytest.fixture

@@ -164,14 +164,6 @@ async def queue_depth(ch: aiormq.abc.AbstractChannel, queue: str) -> int:
     return int(declared.message_count or 0)
 
 
-async def delete_topology(url: str, names: dict[str, str]) -> None:
-    async with channel(url) as ch:
-        for queue in {names["queue"], names["dead_queue"]}:
-            await ch.queue_delete(queue)
-        for exchange in (names["audio_exchange"], names["dead_exchange"]):
-            await ch.exchange_delete(exchange)
-
-
 async def tcp_proxy(
     listen_port: int, target_port: int, *, task_status: Any = anyio.TASK_STATUS_IGNORED
 ) -> None:

@@ -5,9 +5,7 @@ Prometheus (Debian's ``prometheus`` package, installed by scripts/observability-
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections import defaultdict
 from collections.abc import Iterator
@@ -15,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from testenv import installed_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 OBSERVABILITY = ROOT / "deploy" / "observability"
@@ -32,24 +30,8 @@ INSTALLER = "scripts/observability-tools"
 
 
 def tool(name: str) -> str:
-    """The path of ``promtool`` or ``prometheus``. Missing where the installer could
-    have installed it (root with apt-get) is a broken setup and fails; elsewhere the
-    test skips, saying how to get it."""
-    found = shutil.which(name) or (
-        f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None
-    )
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        pytest.fail(
-            f"{name} is missing although {INSTALLER} could install it here (root, apt-get): "
-            f"run {INSTALLER} (make test does) and look at what it says",
-            pytrace=False,
-        )
-    pytest.skip(
-        f"{name} is missing and {INSTALLER} can only install it as root on Debian: "
-        "run it as root, or install Debian's prometheus package"
-    )
+    """The path of ``promtool`` or ``prometheus`` (Debian's ``prometheus`` package)."""
+    return installed_tool(f"/usr/bin/{name}", INSTALLER, "prometheus")
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -35,8 +35,8 @@ from monitoring import (
     tool,
 )
 from replicas import Replica, free_port, wait_until
-from support import START_NS, channel, delete_topology, publish, tone
-from testenv import AMQP_URL, PG_ADMIN_URL, database_url, unique
+from support import START_NS, channel, publish, tone
+from testenv import AMQP_URL, PG_ADMIN_URL, database_url, delete_topology, unique
 
 from soundstream.core import wire
 from soundstream.errors import MESSAGE_PARTS
