@@ -69,26 +69,32 @@ async def test_terminated_database_backends_lose_and_double_nothing(
     a = cluster.start("a", SOUNDSTREAM_BATCH_MAX_CHUNKS="4")
     await a.wait_ready()
     async with Publisher(broker) as publisher:
-        total = await publisher.chunks(SENSORS, range(250))
+        total = await publisher.chunks(SENSORS, range(400))
     conn = await store.conn()
     terminated: list[tuple[int, int]] = []
-    for threshold in (100, 400):
-        await store.wait_chunks(threshold, within=30)
-        # Every backend of the test's database but the test's own: the replica's.
-        pids = await conn.fetch(
+
+    async def backends() -> list[int]:
+        """The replica's backends: every one of the test's database but the test's own
+        (none for a moment while the replica waits to reconnect)."""
+        rows = await conn.fetch(
             "SELECT pid FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
-        killed = sum(
-            [await conn.fetchval("SELECT pg_terminate_backend($1)", r["pid"]) for r in pids]
-        )
+        return [row["pid"] for row in rows]
+
+    for round_ in range(2):
+        # The second time, only once the replica has written again after the first.
+        threshold = 100 if round_ == 0 else terminated[-1][0] + 20
+        await store.wait_chunks(threshold, within=30)
+        pids = await wait_until(backends, within=10, what="the replica connected")
+        killed = sum([await conn.fetchval("SELECT pg_terminate_backend($1)", p) for p in pids])
         at = await store.chunks()
         assert killed >= 1
         assert at < total
         terminated.append((at, killed))
     started = time.monotonic()
     recovered, _ = await stored_exactly_once(
-        store, broker, dict.fromkeys(SENSORS, 250), since=started
+        store, broker, dict.fromkeys(SENSORS, 400), since=started
     )
     await a.wait_ready(within=20)
     print(
