@@ -28,7 +28,7 @@ from soundstream.http import docs, live, openapi, problems, query
 from soundstream.http.auth import BearerAuth
 from soundstream.http.cursor import Cursors
 from soundstream.http.features import FeatureRoutes
-from soundstream.http.limits import RateLimit
+from soundstream.http.limits import ConcurrencyLimit, RateLimit
 from soundstream.observe.metrics import CONTENT_TYPE, Metrics
 from soundstream.observe.requests import Observed
 from soundstream.observe.tracing import Tracing
@@ -127,7 +127,7 @@ def _guards(settings: Settings) -> list[Middleware]:
     gives. The bound on requests in flight last, so that only requests about to
     do work hold a slot: a flood of 401s or 429s never turns a client away with 503.
     Live streams are exempt from that bound and counted against their own
-    (``live.LimitedExceptLive``).
+    (``live.is_live_stream``).
     """
     guards: list[Middleware] = []
     if settings.api_key_digests:
@@ -141,7 +141,9 @@ def _guards(settings: Settings) -> list[Middleware]:
                 trusted_proxies=settings.trusted_proxies,
             )
         )
-    guards.append(Middleware(live.LimitedExceptLive, limit=settings.max_requests))
+    guards.append(
+        Middleware(ConcurrencyLimit, limit=settings.max_requests, exempt=live.is_live_stream)
+    )
     return guards
 
 

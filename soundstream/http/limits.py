@@ -121,12 +121,19 @@ class ConcurrencyLimit:
     """At most ``limit`` requests in flight; one more is refused at once with 503
     rather than queued, so a replica sheds load it cannot take and the load
     balancer or client retries elsewhere. A request counts until its answer is
-    sent, a streamed body included: the ASGI call returns only then."""
+    sent, a streamed body included: the ASGI call returns only then.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    ``exempt`` names requests bounded another way, which never take a place: a live
+    stream lasts as long as its client stays, and counted here it would hold a place
+    for hours (``http.live`` bounds streams by ``max_live_streams``)."""
+
+    def __init__(
+        self, app: ASGIApp, limit: int, exempt: Callable[[Scope], bool] = lambda scope: False
+    ) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.app = app
+        self._exempt = exempt
         self._free = limit
         self._limit = limit
         self._refused = 0
@@ -137,7 +144,7 @@ class ConcurrencyLimit:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self._exempt(scope):
             await self.app(scope, receive, send)
             return
         if self._free <= 0:

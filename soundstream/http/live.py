@@ -54,7 +54,6 @@ from soundstream.core.wire import INT64_MAX
 from soundstream.errors import BadRequest
 from soundstream.failures import describe
 from soundstream.http import formats, problems, query
-from soundstream.http.limits import ConcurrencyLimit
 from soundstream.http.server import ABORT
 from soundstream.observe.metrics import Metrics
 from soundstream.store import announce, read
@@ -183,23 +182,10 @@ class StreamLimit:
         self.open -= 1
 
 
-class LimitedExceptLive:
-    """``ConcurrencyLimit`` for every ``/v1`` request but live streams.
-
-    A live stream lasts as long as its client stays, so counted among requests in
-    flight it would hold a place for hours, and ``max_requests`` viewers would shut
-    the API. Live streams are bounded by ``max_live_streams`` instead (``LiveRoutes``
-    counts them); keys and the rate limit apply to them as to every request."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self._app = app
-        self._limited = ConcurrencyLimit(app, limit)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _LIVE_PATH.fullmatch(_route_path(scope)):
-            await self._app(scope, receive, send)
-        else:
-            await self._limited(scope, receive, send)
+def is_live_stream(scope: Scope) -> bool:
+    """A request for a live stream, within the ``/v1`` mount: bounded by
+    ``max_live_streams``, not by the requests in flight."""
+    return _LIVE_PATH.fullmatch(_route_path(scope)) is not None
 
 
 def _route_path(scope: Scope) -> str:
