@@ -1,7 +1,7 @@
 """The upkeep actor: keeps the store in shape beside the writer.
 
-Every ``FOLD_EVERY_S`` it folds the sensors' summary deltas; at start and every
-``DAILY_EVERY_S`` it creates the day partitions around today and, with
+Every ``FOLD_EVERY_S`` it folds the sensors' summary and seq run deltas; at start
+and every ``DAILY_EVERY_S`` it creates the day partitions around today and, with
 ``retention_days`` set, drops the days past it. A database that is away is waited
 for (the writer reports it); anything else is logged and tried again: upkeep never
 stops ingest.

@@ -1,11 +1,14 @@
 """The SQL the HTTP API reads with, and the decoding of what it returns.
 
 Sensor summaries come from ``sensors`` plus the deltas not yet folded into it, so
-listing sensors never touches the frames. Features are read a chunk row at a
-time (``chunk_frames``: each field an array over the chunk's frames), sent by
-PostgreSQL in its binary array format (``array_send``) and decoded with numpy: no
-Python object per frame or value. Every identifier in generated SQL comes from
-``FEATURE_FIELDS``; request text only ever reaches PostgreSQL as a bound parameter.
+listing sensors never touches the frames. A sensor's missing seqs come from its
+lowest runs of received seqs (``seq_runs``) and the run deltas not folded yet,
+never from its chunks: the work is bounded by the ranges listed, not the history.
+Features are read a chunk row at a time (``chunk_frames``: each field an array over
+the chunk's frames), sent by PostgreSQL in its binary array format (``array_send``)
+and decoded with numpy: no Python object per frame or value. Every identifier in
+generated SQL comes from ``FEATURE_FIELDS``; request text only ever reaches
+PostgreSQL as a bound parameter.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Protocol
 import asyncpg
 import numpy as np
 
+from soundstream.core import seqruns
 from soundstream.core.fields import ARRAY_FIELDS, FEATURE_FIELDS
 from soundstream.store import pgcopy
 
@@ -107,24 +111,43 @@ GROUP BY sensor_id
 ORDER BY sensor_id
 """
 
-# Each received seq paired with the one before it (lag); a step of more than one is
-# a gap. The sentinel row at last_seq closes a gap that runs up to it even if the
-# chunk at last_seq itself is not (yet) in ``chunks``; lag's default (-1, or the
-# last seq retention removed) opens a gap at the first seq kept when chunks before
-# it never came.
-_MISSING_SEQ = f"""
-SELECT previous + 1 AS gap_from, seq - 1 AS gap_to
-FROM (
-    SELECT seq, lag(seq, 1, $3::bigint) OVER (ORDER BY seq) AS previous
-    FROM (
-        SELECT seq FROM chunks WHERE sensor_id = $1 AND seq < $2::bigint AND seq > $3::bigint
-        UNION ALL
-        SELECT $2::bigint
-    ) AS received
-) AS steps
-WHERE seq - previous > 1
-ORDER BY seq
-LIMIT {MAX_MISSING_RANGES}
+# What the missing seqs of a sensor below $3 (its last seq) are computed from, in
+# one snapshot (a fold moving run deltas into ``seq_runs`` is seen wholly or not at
+# all): the highest seq retention removed (``above``, read again here in case it
+# ran since the summary was read), the run deltas not folded yet, the folded run
+# that may reach past ``above``, and the folded runs after ``above`` in order:
+# enough of them ($4 plus one per delta run, ``asked``) for $4 gaps, since a delta
+# run holds seqs no folded run holds and so closes at most one folded gap.
+_RUNS = """
+WITH bound AS (
+    SELECT greatest($2::bigint, (SELECT expired_through_seq FROM sensors WHERE sensor_id = $1))
+           AS above
+),
+fresh AS (
+    SELECT d.first_seq, d.last_seq FROM seq_run_deltas d, bound
+    WHERE d.sensor_id = $1 AND d.last_seq > bound.above AND d.first_seq < $3
+),
+asked AS (SELECT $4 + count(*) AS n FROM fresh)
+SELECT bound.above, asked.n AS asked,
+       ARRAY(SELECT ARRAY[first_seq, last_seq] FROM fresh) AS fresh,
+       ARRAY(
+           SELECT ARRAY[first_seq, last_seq] FROM seq_runs
+           WHERE sensor_id = $1 AND first_seq <= bound.above
+           ORDER BY first_seq DESC LIMIT 1
+       ) AS straddling,
+       ARRAY(
+           SELECT ARRAY[first_seq, last_seq] FROM seq_runs
+           WHERE sensor_id = $1 AND first_seq > bound.above AND first_seq < $3
+           ORDER BY first_seq LIMIT asked.n
+       ) AS folded
+FROM bound, asked
+"""
+
+# The folded runs after the first seq $2, when those read left fewer gaps than wanted.
+_MORE_RUNS = """
+SELECT first_seq, last_seq FROM seq_runs
+WHERE sensor_id = $1 AND first_seq > $2 AND first_seq < $3
+ORDER BY first_seq LIMIT $4
 """
 
 # The chunk rows that can hold frames in [$2, $3), enough of them for $6 frames,
@@ -156,19 +179,42 @@ async def sensor_status(pool: Connections, sensor_id: str) -> SensorStatus | Non
             return None
         expired = row["expired_through_seq"]
         kept_from = 0 if expired is None else expired + 1
-        gaps = []
+        missing = []
         # Every seq from the first kept to the last is there (the count says so):
-        # no gap, and no need to walk the sensor's history.
+        # no gap, and no query.
         if row["chunks"] < row["last_seq"] - kept_from + 1:
-            gaps = await conn.fetch(
-                _MISSING_SEQ, sensor_id, row["last_seq"], -1 if expired is None else expired
+            missing = await _missing_seq(
+                conn, sensor_id, row["last_seq"], -1 if expired is None else expired
             )
     return SensorStatus(
         summary=Sensor(*row[:5]),
         last_seq=row["last_seq"],
-        missing_seq=[(gap["gap_from"], gap["gap_to"]) for gap in gaps],
+        missing_seq=missing,
         last_received_at=row["last_received_at"],
     )
+
+
+async def _missing_seq(
+    conn: asyncpg.Connection, sensor_id: str, last_seq: int, expired: int
+) -> list[tuple[int, int]]:
+    """The first ``MAX_MISSING_RANGES`` gaps of the sensor's seqs between the last one
+    retention removed and ``last_seq``, which counts as received."""
+    row = await conn.fetchrow(_RUNS, sensor_id, expired, last_seq, MAX_MISSING_RANGES + 1)
+    above, asked = row["above"], row["asked"]
+    runs = [(first, last) for first, last in (*row["fresh"], *row["straddling"])]
+    page = [(first, last) for first, last in row["folded"]]
+    while True:
+        runs += page
+        complete = len(page) < asked
+        # Past the last run read, folded runs not read yet may cover seqs.
+        below = last_seq if complete else min(last_seq, page[-1][1])
+        missing = seqruns.gaps(runs, above=above, below=below, limit=MAX_MISSING_RANGES)
+        if complete or len(missing) >= MAX_MISSING_RANGES:
+            return missing
+        # Delta runs overlapping folded ones (a chunk stored again after retention
+        # took it) closed more gaps than ``asked`` allowed for: read on.
+        more = await conn.fetch(_MORE_RUNS, sensor_id, page[-1][0], last_seq, asked)
+        page = [(first, last) for first, last in more]
 
 
 async def features(

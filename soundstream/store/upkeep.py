@@ -1,5 +1,6 @@
 """Keeping the store in shape while it is written: summary deltas folded into
-``sensors``, day partitions of ``chunk_frames`` created ahead, and retention.
+``sensors`` and seq run deltas into ``seq_runs``, day partitions of
+``chunk_frames`` created ahead, and retention.
 
 Any replica may run any of these at any time. Each takes a transaction-level
 advisory lock, so two replicas never do the same work at once, and a replica that
@@ -47,6 +48,59 @@ folded AS (
 SELECT count(*) FROM folded
 """
 
+# The runs added since the last fold, merged with the folded runs they overlap or
+# touch: those are deleted and the merged runs inserted. Runs are disjoint and
+# sorted, so the folded runs a new run [f, l] touches are the last one starting
+# before f (if it reaches f - 1) and those starting in [f, l + 1]: two index range
+# scans, however many runs the sensor has. They are deleted by row address (a TID
+# scan, whatever the planner guesses of the deltas' number: a join could scan the
+# whole table), which only this fold and retention, both under the fold lock, ever
+# change. The insert reads what the delete returned (through a sort), so the old
+# rows are gone before the merged ones, which may keep their keys, go in.
+_FOLD_RUNS = """
+WITH moved AS (DELETE FROM seq_run_deltas RETURNING sensor_id, first_seq, last_seq),
+touched AS (
+    DELETE FROM seq_runs
+    WHERE ctid = ANY (ARRAY(
+        SELECT t.ctid
+        FROM moved m
+        CROSS JOIN LATERAL (
+            (SELECT ctid, last_seq FROM seq_runs
+             WHERE sensor_id = m.sensor_id AND first_seq < m.first_seq
+             ORDER BY first_seq DESC LIMIT 1)
+            UNION ALL
+            SELECT ctid, last_seq FROM seq_runs
+            WHERE sensor_id = m.sensor_id
+              AND first_seq >= m.first_seq AND first_seq <= m.last_seq + 1
+        ) AS t
+        WHERE t.last_seq >= m.first_seq - 1
+    ))
+    RETURNING sensor_id, first_seq, last_seq
+),
+pieces AS (
+    SELECT sensor_id, first_seq, last_seq FROM moved
+    UNION ALL
+    SELECT sensor_id, first_seq, last_seq FROM touched
+),
+-- A piece starts a new run unless it overlaps or touches one before it.
+marked AS (
+    SELECT sensor_id, first_seq, last_seq,
+           CASE WHEN first_seq <= 1 + max(last_seq) OVER (
+                    PARTITION BY sensor_id ORDER BY first_seq, last_seq
+                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+                THEN 0 ELSE 1 END AS starts
+    FROM pieces
+),
+numbered AS (
+    SELECT sensor_id, first_seq, last_seq,
+           sum(starts) OVER (PARTITION BY sensor_id ORDER BY first_seq, last_seq
+                             ROWS UNBOUNDED PRECEDING) AS run
+    FROM marked
+)
+INSERT INTO seq_runs (sensor_id, first_seq, last_seq)
+SELECT sensor_id, min(first_seq), max(last_seq) FROM numbered GROUP BY sensor_id, run
+"""
+
 _PARTITIONS = """
 SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'chunk_frames'::regclass
@@ -75,13 +129,31 @@ FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
 WHERE s.sensor_id = p.sensor_id
 """
 
+# The runs of those sensors at or below their expired seq: gone, or clipped when
+# they reach past it. An index range scan each, over the runs that go.
+_EXPIRE_RUNS = """
+WITH bound AS (
+    SELECT sensor_id, expired_through_seq AS through FROM sensors
+    WHERE sensor_id = ANY($1::text[]) AND expired_through_seq IS NOT NULL
+),
+gone AS (
+    DELETE FROM seq_runs r USING bound b
+    WHERE r.sensor_id = b.sensor_id AND r.first_seq <= b.through AND r.last_seq <= b.through
+)
+UPDATE seq_runs r SET first_seq = b.through + 1
+FROM bound b
+WHERE r.sensor_id = b.sensor_id AND r.first_seq <= b.through AND r.last_seq > b.through
+"""
+
 
 async def fold_deltas(conn: asyncpg.Connection) -> int:
-    """Fold the summary deltas committed so far into ``sensors``; sensors folded."""
+    """Fold the summary deltas committed so far into ``sensors``, and the seq run
+    deltas into ``seq_runs``; sensors folded."""
     async with conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", FOLD_LOCK):
             return 0
         folded: int = await conn.fetchval(_FOLD)
+        await conn.execute(_FOLD_RUNS)
     return folded
 
 
@@ -158,6 +230,7 @@ async def expire(conn: asyncpg.Connection, keep_days: int, now: datetime) -> lis
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
         await conn.execute("SELECT pg_advisory_xact_lock($1)", FOLD_LOCK)
         await conn.execute(_FOLD)
+        await conn.execute(_FOLD_RUNS)
         old = sorted(day for day in await _days(conn) if day < cutoff_day)
         for day in old:
             await conn.execute(f"DROP TABLE {partition_name(day)}")
@@ -165,7 +238,9 @@ async def expire(conn: asyncpg.Connection, keep_days: int, now: datetime) -> lis
         gone = await conn.fetch(_EXPIRE_CHUNKS, _unix_us(cutoff))
         if gone:
             columns = zip(*(tuple(row) for row in gone), strict=True)
-            await conn.execute(_EXPIRE_SUMMARY, *(list(column) for column in columns))
+            sensors, *counts = (list(column) for column in columns)
+            await conn.execute(_EXPIRE_SUMMARY, sensors, *counts)
+            await conn.execute(_EXPIRE_RUNS, sensors)
     if old:
         log.info("partitions_expired", days=[str(day) for day in old], keep_days=keep_days)
     return old
