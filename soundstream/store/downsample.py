@@ -12,10 +12,17 @@ two chunks of the sensor hold the same instant, the chunk received first gives t
 frame. Ordering every frame to find the few instants held twice costs far more
 than the aggregation itself (a day at 1 s over ``sensor_frames()``: about 5.7 s,
 against 1.3 to 2 s here), so only the chunks whose spans meet another chunk's
-(rare: a replayed or re-cut stretch of audio) go through ``DISTINCT ON``. Every
-other chunk is reduced on its own to a partial aggregate per bucket it reaches,
-without a time per frame when it lies inside one bucket, and each bucket is the
-sum, minimum or maximum of its partials.
+(rare: a replayed or re-cut stretch of audio) go through ``DISTINCT ON``.
+
+Every other chunk is reduced on its own. One whose frames all lie in one bucket
+adds the partial aggregates stored with its row (``pgcopy.PARTIALS``: per scalar
+field the float8 sum and the real min and max over its frames), read with its key
+from the primary key's index, so that a coarse resolution reads about 200 bytes a
+chunk and unnests nothing: a day at 1 h takes 0.1 s instead of 1.3 s, a month 4 s
+instead of 39 (``bench/downsample.py``). A chunk that spans buckets, or was written
+without partials (by an older replica, while a new version rolls out), is unnested
+to a partial per bucket it reaches. Each bucket is then the sum, minimum or maximum
+of its partials.
 
 Every identifier in generated SQL comes from ``SCALARS`` and ``AGGREGATES``;
 request text only ever reaches PostgreSQL as a bound parameter.
@@ -100,13 +107,19 @@ class BucketPage(FeaturePage):
 # statement from its row estimates, which it cannot make well for frames that come
 # out of arrays; on a large table they pass jit_above_cost, and compiling this
 # statement then costs more than running it (a 5,000-bucket page: 0.08 s without,
-# 2 s with optimization and inlining).
-_SETTINGS = "SET LOCAL jit = off"
+# 2 s with optimization and inlining). Nor can it tell that each chunk's arrays are
+# unnested once: it may cache the per-chunk aggregate keyed by the arrays
+# (Memoize), a cache that never hits and adds about a quarter to that aggregate.
+_SETTINGS = "SET LOCAL jit = off; SET LOCAL enable_memoize = off"
 
 # Each aggregate in two steps: a partial over some frames of one bucket (one chunk's,
 # or one frame's), then the final over a bucket's partials. The mean is carried as a
-# float8 sum and divided, and rounded to real, once at the end.
+# float8 sum and divided, and rounded to real, once at the end. A chunk inside one
+# bucket has its partial stored (the column of ``_STORED``); partials of one bucket
+# combine as ``_COMBINE`` says.
 _PARTIAL = {"mean": "sum({}::float8)", "min": "min({})", "max": "max({})"}
+_STORED = {"mean": "sum", "min": "min", "max": "max"}
+_COMBINE = {"mean": "sum({})", "min": "min({})", "max": "max({})"}
 _FINAL = {"mean": "(sum({}) / sum(frames))::real", "min": "min({})", "max": "max({})"}
 
 # The chunk rows of sensor $1 that can hold frames in [$2, $3): they start before $3,
@@ -115,68 +128,110 @@ _FINAL = {"mean": "(sum({}) / sum(frames))::real", "min": "min({})", "max": "max
 _OF_RANGE = """c.sensor_id = $1 AND c.start_ts < $3
           AND c.start_ts >= $2::timestamptz - (SELECT longest FROM frame_span)
           AND c.last_ts >= $2"""
-# A chunk whose frames all lie in one bucket and in [$2, $3): its frames need no
-# time each, and no grouping.
-_INSIDE = """c.start_ts >= $2 AND c.last_ts < $3
+# A chunk whose stored partials are its whole share of one bucket: its frames all
+# lie in one bucket and in [$2, $3), and the partials asked for are stored.
+_WHOLE = """c.start_ts >= $2 AND c.last_ts < $3
           AND date_bin($4::interval, c.start_ts, $5::timestamptz)
-              = date_bin($4::interval, c.last_ts, $5::timestamptz)"""
-_NOT_SHARED = "(c.start_ts, c.seq) NOT IN (SELECT start_ts, seq FROM shared)"
+              = date_bin($4::interval, c.last_ts, $5::timestamptz)
+          AND {stored}"""
+# A chunk's frames in [$2, $3), a partial per bucket they reach.
+_PER_FRAME = """SELECT date_bin($4::interval, f.ts, $5::timestamptz) AS bucket,
+               count(*)::float8 AS frames{partials}
+        FROM (SELECT unnest(c.ts) AS ts{unnest}) AS f
+        WHERE f.ts >= $2 AND f.ts < $3
+        GROUP BY 1"""
 
 # Buckets of width $4 aligned on $5 (a bucket start at or before $2) of the frames in
 # [$2, $3), the first $6 of them, as one row of binary arrays; and, for reading on
 # past $3 (up to $7), the earliest a frame at or after $3 can be: $3 itself while a
 # chunk spans it, else the start of the next chunk, else NULL (no more frames).
 #
-# ``shared`` finds, from the keys and spans alone, the chunks whose span meets
-# another chunk's (the next start is at or before this end, or an earlier end is at
-# or after this start; NULL, for the first and last rows, counts as no). Only those
-# can hold an instant twice, and only their frames are deduplicated, first received
-# first, as the ``frames`` view does.
+# ``spans`` reads the range's chunks from the primary key's index alone (it holds
+# each chunk's end, frame count and partials), and finds from the spans alone the
+# chunks whose span meets another chunk's (the next start is at or before this end,
+# or an earlier end is at or after this start; NULL, for the first and last rows,
+# counts as no). Only those can hold an instant twice, and only their frames are
+# deduplicated, first received first, as the ``frames`` view does. ``lead`` takes
+# the next row whatever the frame, so one window, one pass, serves both tests.
 #
-# Every other chunk is reduced to partials on its own, a row per bucket it reaches,
-# so that the final grouping sees about one row per chunk rather than one per frame.
-# PostgreSQL expects a few rows where arrays unnest into millions, and grouping the
-# frames themselves it sorts them (a day: 120 MB through temporary files, 2.5 s);
-# the partials are few enough that sorting or hashing them is cheap either way.
+# ``summary`` adds up, per bucket, the stored partials of the chunks that lie whole
+# in it and meet no other, in the same pass; it lists the keys of the others in its
+# one row without a bucket. Those are read frame by frame. When they are few (a
+# coarse resolution: only the chunks across a bucket boundary) each row is fetched
+# by its key; when they are many (a resolution near the chunks' length, where most
+# chunks cross a boundary) the range is read in key order instead, which costs about
+# half as much a row as fetching each (a day at 1 s: 0.25 s against 0.5 s). Either
+# way the final grouping sees about one row per chunk rather than one per frame:
+# grouping the frames themselves, PostgreSQL, which expects a few rows where arrays
+# unnest into millions, sorts them (a day: 120 MB through temporary files, 2.5 s).
+# That grouping takes its partials sorted by bucket (a subquery with ORDER BY is
+# never merged into the query around it), as the answer is: left to choose, the
+# planner, misled by those estimates, may hash a day at 100 ms into 864,000 groups,
+# spill them in 69 batches and sort them after all (2 s against 1 s). Frame counts
+# travel as float8, exact below 2**53 and added by value: a bucket of a day can hold
+# more than an integer's 2**31 frames (192 kHz, a hop of one sample), and a sum of
+# bigints is a numeric (0.7 s more over those 864,000 buckets).
 _BUCKETS = """
-WITH shared AS (
-    SELECT start_ts, seq FROM (
-        SELECT c.start_ts, c.seq,
-               lead(c.start_ts) OVER w <= c.last_ts
-               OR max(c.last_ts) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
-                  >= c.start_ts AS meets
-        FROM chunk_frames c
-        WHERE {of_range}
-        WINDOW w AS (ORDER BY c.start_ts, c.seq)
-    ) AS spans
-    WHERE meets
+WITH spans AS (
+    SELECT c.start_ts, c.seq, date_bin($4::interval, c.start_ts, $5::timestamptz) AS bucket,
+           c.n_frames{stored_columns},
+           {whole} AS whole,
+           coalesce(lead(c.start_ts) OVER w <= c.last_ts OR max(c.last_ts) OVER w >= c.start_ts,
+                    false) AS meets
+    FROM chunk_frames c
+    WHERE {of_range}
+    WINDOW w AS (ORDER BY c.start_ts, c.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+),
+summary AS MATERIALIZED (
+    SELECT CASE WHEN whole AND NOT meets THEN bucket END AS bucket,
+           count(*) AS chunks, sum(n_frames)::float8 AS frames{combined},
+           array_agg(start_ts) FILTER (WHERE NOT whole OR meets) AS starts,
+           array_agg(seq) FILTER (WHERE NOT whole OR meets) AS seqs,
+           array_agg(meets) FILTER (WHERE NOT whole OR meets) AS meets
+    FROM spans
+    GROUP BY 1
+),
+others AS (
+    SELECT unnest(starts) AS start_ts, unnest(seqs) AS seq, unnest(meets) AS meets
+    FROM summary
+    WHERE bucket IS NULL
+),
+few AS (
+    SELECT 2 * coalesce(sum(chunks) FILTER (WHERE bucket IS NULL), 0) < sum(chunks) AS few
+    FROM summary
 ),
 partials AS (
-    SELECT date_bin($4::interval, c.start_ts, $5::timestamptz) AS bucket,
-           cardinality(c.ts) AS frames{inside_columns}
-    FROM chunk_frames c{inside_join}
-    WHERE {of_range}
-      AND {inside}
-      AND {not_shared}
+    SELECT bucket, frames{names}
+    FROM summary
+    WHERE bucket IS NOT NULL
+    UNION ALL
+    -- OFFSET 0 keeps the lookup a subquery run for each key, never a join that
+    -- would read the whole range for the few rows wanted.
+    SELECT p.*
+    FROM others AS k CROSS JOIN LATERAL (
+        SELECT c.ts{arrays} FROM chunk_frames c
+        WHERE c.sensor_id = $1 AND c.start_ts = k.start_ts AND c.seq = k.seq
+        OFFSET 0
+    ) AS c CROSS JOIN LATERAL (
+        {per_frame}
+    ) AS p
+    WHERE NOT k.meets AND (SELECT few FROM few)
     UNION ALL
     SELECT p.*
     FROM chunk_frames c CROSS JOIN LATERAL (
-        SELECT date_bin($4::interval, f.ts, $5::timestamptz) AS bucket,
-               count(*)::integer AS frames{partials}
-        FROM (SELECT unnest(c.ts) AS ts{unnest}) AS f
-        WHERE f.ts >= $2 AND f.ts < $3
-        GROUP BY 1
+        {per_frame}
     ) AS p
     WHERE {of_range}
-      AND NOT ({inside})
-      AND {not_shared}
+      AND NOT ({whole})
+      AND (c.start_ts, c.seq) NOT IN (SELECT start_ts, seq FROM others WHERE meets)
+      AND NOT (SELECT few FROM few)
     UNION ALL
-    SELECT date_bin($4::interval, ts, $5::timestamptz), count(*)::integer{partials}
+    SELECT date_bin($4::interval, ts, $5::timestamptz), count(*)::float8{partials}
     FROM (
         SELECT DISTINCT ON (ts) ts{names} FROM (
             SELECT c.received_at, c.seq, unnest(c.ts) AS ts{unnest}
-            FROM chunk_frames c JOIN shared USING (start_ts, seq)
-            WHERE {of_range}
+            FROM chunk_frames c JOIN others k USING (start_ts, seq)
+            WHERE {of_range} AND k.meets
         ) AS overlapping
         WHERE ts >= $2 AND ts < $3
         ORDER BY ts, received_at, seq
@@ -184,8 +239,8 @@ partials AS (
     GROUP BY 1
 ),
 buckets AS (
-    SELECT bucket, sum(frames) AS frames{finals}
-    FROM partials
+    SELECT bucket, sum(frames)::bigint AS frames{finals}
+    FROM (SELECT * FROM partials ORDER BY bucket) AS sorted
     GROUP BY bucket
     ORDER BY bucket
     LIMIT $6::bigint
@@ -214,25 +269,24 @@ def bucket_sql(fields: Sequence[str], agg: str) -> str:
         raise ValueError(f"only scalar fields can be aggregated, not {unknown}")
     if agg not in AGGREGATES:
         raise ValueError(f"agg must be one of {AGGREGATES}, not {agg!r}")
-    partial, final = _PARTIAL[agg], _FINAL[agg]
-    inside_join = ""
-    if fields:  # a chunk inside one bucket: one partial of its whole arrays
-        inside_join = (
-            " CROSS JOIN LATERAL (\n        SELECT "
-            + ", ".join(f"{partial.format(name)} AS {name}" for name in fields)
-            + "\n        FROM (SELECT "
-            + ", ".join(f"unnest(c.{name}) AS {name}" for name in fields)
-            + ") AS f\n    ) AS p"
-        )
+    partial, combine, final = _PARTIAL[agg], _COMBINE[agg], _FINAL[agg]
+    stored = {name: pgcopy.partial_column(name, _STORED[agg]) for name in fields}
+    partials = "".join(f", {partial.format(name)} AS {name}" for name in fields)
+    unnest = "".join(f", unnest(c.{name}) AS {name}" for name in fields)
+    names = "".join(f", {name}" for name in fields)
+    whole = _WHOLE.format(
+        stored=" AND ".join(f"c.{column} IS NOT NULL" for column in stored.values()) or "true"
+    )
     return _BUCKETS.format(
         of_range=_OF_RANGE,
-        inside=_INSIDE,
-        not_shared=_NOT_SHARED,
-        inside_join=inside_join,
-        inside_columns="".join(f", p.{name}" for name in fields),
-        names="".join(f", {name}" for name in fields),
-        unnest="".join(f", unnest(c.{name}) AS {name}" for name in fields),
-        partials="".join(f", {partial.format(name)} AS {name}" for name in fields),
+        whole=whole,
+        per_frame=_PER_FRAME.format(partials=partials, unnest=unnest),
+        stored_columns="".join(f", c.{column} AS {name}" for name, column in stored.items()),
+        combined="".join(f", {combine.format(name)} AS {name}" for name in fields),
+        names=names,
+        arrays="".join(f", c.{name}" for name in fields),
+        partials=partials,
+        unnest=unnest,
         finals="".join(f", {final.format(name)} AS {name}" for name in fields),
         sends="".join(f", array_send(array_agg({name})) AS {name}" for name in fields),
     )

@@ -1,8 +1,10 @@
 """PostgreSQL's binary COPY format for ``chunk_frames`` rows, built with numpy.
 
-One chunk is one row: its frames' times and each feature as an array. The pool
-worker that computed the features encodes the row, so the main process only
-passes bytes on to PostgreSQL and never touches a frame. Pure: numpy only.
+One chunk is one row: its frames' times and each feature as an array, and per
+scalar feature the partial aggregates a downsampled read takes from a chunk that
+lies inside one bucket (``store.downsample``). The pool worker that computed the
+features encodes the row, so the main process only passes bytes on to PostgreSQL
+and never touches a frame. Pure: numpy only.
 """
 
 from __future__ import annotations
@@ -22,6 +24,16 @@ FLOAT4_OID = 700
 TIMESTAMPTZ_OID = 1184
 PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01, where timestamptz counts from
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Per scalar feature, over the chunk's frames: the float8 sum, the real min and the
+# real max, each in a column named ``<feature>_<partial>``.
+PARTIALS = ("sum", "min", "max")
+
+
+def partial_column(field: str, partial: str) -> str:
+    """The column of ``partial`` (one of ``PARTIALS``) of the scalar ``field``."""
+    return f"{field}_{partial}"
+
+
 # The column order every row is written in.
 COLUMNS = (
     "sensor_id",
@@ -34,9 +46,24 @@ COLUMNS = (
     *SCALARS,
     "mel",
     "mfcc",
+    *(partial_column(name, partial) for name in SCALARS for partial in PARTIALS),
 )
 _FLOAT4 = np.dtype([("len", ">i4"), ("v", ">f4")])
 _INT8 = np.dtype([("len", ">i4"), ("v", ">i8")])
+# One scalar feature's partials as COPY fields: (length, float8), (length, real) twice,
+# the lengths filled in once.
+_PARTIAL_FIELDS = np.zeros(
+    len(SCALARS),
+    [
+        ("sum_len", ">i4"),
+        ("sum", ">f8"),
+        ("min_len", ">i4"),
+        ("min", ">f4"),
+        ("max_len", ">i4"),
+        ("max", ">f4"),
+    ],
+)
+_PARTIAL_FIELDS[["sum_len", "min_len", "max_len"]] = (8, 4, 4)
 
 
 def _array(values: np.ndarray, element: np.dtype[np.void], oid: int) -> bytes:
@@ -50,13 +77,14 @@ def _array(values: np.ndarray, element: np.dtype[np.void], oid: int) -> bytes:
     return head + pairs.tobytes()
 
 
-def _real_arrays(arrays: list[np.ndarray]) -> list[bytes | memoryview]:
+def _real_arrays(arrays: list[np.ndarray]) -> tuple[list[bytes | memoryview], np.ndarray]:
     """Several ``real[]`` fields, their elements converted by one numpy pass: what
-    ``_array`` gives for each, as parts to join."""
+    ``_array`` gives for each, as parts to join; and all their values end to end."""
     flats = [values.reshape(-1) for values in arrays]
-    pairs = np.empty(sum(len(flat) for flat in flats), _FLOAT4)
+    values = np.concatenate(flats)
+    pairs = np.empty(len(values), _FLOAT4)
     pairs["len"] = 4
-    pairs["v"] = np.concatenate(flats)
+    pairs["v"] = values
     raw = memoryview(pairs.tobytes())
     parts: list[bytes | memoryview] = []
     at = 0
@@ -64,7 +92,22 @@ def _real_arrays(arrays: list[np.ndarray]) -> list[bytes | memoryview]:
         n = len(flat)
         parts += [struct.pack(">6i", 20 + 8 * n, 1, 0, FLOAT4_OID, n, 1), raw[at : at + 8 * n]]
         at += 8 * n
-    return parts
+    return parts, values
+
+
+def partials(scalars: np.ndarray) -> bytes:
+    """The partial columns of ``COLUMNS`` for ``scalars`` (one row of frames per
+    field of ``SCALARS``, float32), equal to what PostgreSQL computes over the stored
+    arrays: ``sum(x::float8)`` adds the frames one after another in array order
+    (``accumulate``: numpy's ``sum`` adds pairwise, which may round otherwise), and
+    ``min`` and ``max`` order NaN above every number, so the maximum is NaN if any
+    frame is, and the minimum only if every frame is (``fmin`` skips NaN)."""
+    fields = _PARTIAL_FIELDS.copy()
+    with np.errstate(invalid="ignore"):  # inf + -inf is NaN, as in PostgreSQL
+        fields["sum"] = np.add.accumulate(scalars, axis=1, dtype=np.float64)[:, -1]
+    fields["min"] = np.fmin.reduce(scalars, axis=1)
+    fields["max"] = np.maximum.reduce(scalars, axis=1)
+    return fields.tobytes()
 
 
 def _timestamp(us: int) -> bytes:
@@ -90,9 +133,11 @@ def chunk_row(job: Job, hop: int, features: Features) -> Encoded:
         struct.pack(">ii", 4, n),
         _array(times - PG_EPOCH_US, _INT8, TIMESTAMPTZ_OID),
     ]
-    parts += _real_arrays(
+    arrays, values = _real_arrays(
         [*(getattr(features, name) for name in SCALARS), features.mel, features.mfcc]
     )
+    parts += arrays
+    parts.append(partials(values[: len(SCALARS) * n].reshape(len(SCALARS), n)))
     return Encoded(n, first, last, b"".join(parts))
 
 

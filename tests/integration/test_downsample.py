@@ -1,10 +1,15 @@
 """Downsampled reads against a real database: every bucket checked against numpy over
-the same frames, written through the real write path; and the resolution parser."""
+the same frames, written through the real write path, and against PostgreSQL's own
+aggregates over the ``frames`` view, with chunk rows that carry their partial
+aggregates, rows that do not (as a replica before migration 0006 wrote them), and
+both in one range; migration 0006 over stored rows; and the resolution parser."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+import struct
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 
 import asyncpg
@@ -13,15 +18,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from support import START_NS, tone
+from testenv import PG_ADMIN_URL, database_url, unique
 
 from soundstream.core.features import Extractor
 from soundstream.core.fields import SCALARS, FeatureParams, Features
 from soundstream.core.records import Delivery, Extracted, Job, frame_times_us
-from soundstream.core.timefmt import from_micros
+from soundstream.core.timefmt import from_micros, to_micros
 from soundstream.core.wire import Chunk
 from soundstream.errors import BadRequest
-from soundstream.store import downsample, upkeep
+from soundstream.store import downsample, pgcopy, upkeep
 from soundstream.store.downsample import AGGREGATES, COUNT, BucketPage, buckets, parse_resolution
+from soundstream.store.migrate import available, migrate
 from soundstream.store.pgcopy import chunk_row
 from soundstream.store.read import FeaturePage
 from soundstream.store.write import write_batch
@@ -34,6 +41,11 @@ START_US = START_NS // 1000  # 2026-01-01T00:00:00Z
 SECOND = 1_000_000
 # float32 rounding of a mean that PostgreSQL sums in another order than numpy
 MEAN_RTOL = 2 * float(np.finfo(np.float32).eps)
+HOUR = 3600 * SECOND
+PARTIALS_MIGRATION = 6
+PARTIAL_COLUMNS = tuple(
+    pgcopy.partial_column(name, kind) for name in SCALARS for kind in pgcopy.PARTIALS
+)
 
 
 @dataclass(frozen=True)
@@ -53,12 +65,16 @@ def chunk(
     *,
     received_us: int | None = None,
     seed: int | None = None,
+    edit: Callable[[Features], Features] | None = None,
 ) -> Written:
+    """A chunk of its own signal, its features changed by ``edit`` before encoding."""
     freqs = (440.0 + 37 * seq, 1250.0 + 113 * seq)  # each chunk its own signal
     samples = tone(seconds, RATE, freqs=freqs, seed=seq if seed is None else seed)
     received = START_US + seq if received_us is None else received_us
     delivery = Delivery(1, Chunk(sensor, seq, start_us * 1000, RATE, samples), received)
     features = EXTRACT(samples, RATE)
+    if edit is not None:
+        features = edit(features)
     row = chunk_row(Job.of(delivery), PARAMS.hop, features)
     ts = frame_times_us(start_us * 1000, len(features), PARAMS.hop, RATE)
     return Written(Extracted.of(delivery, row), ts, features)
@@ -115,6 +131,64 @@ async def store(conn: asyncpg.Connection, written: Sequence[Written]) -> None:
     await write_batch(conn, [w.extracted for w in written])
 
 
+async def forget_partials(
+    conn: asyncpg.Connection, sensor: str, seqs: Sequence[int], fields: Sequence[str] = SCALARS
+) -> None:
+    """Those chunk rows without the partials of ``fields``: NULL, as in the rows of a
+    replica older than migration 0006."""
+    columns = [pgcopy.partial_column(name, kind) for name in fields for kind in pgcopy.PARTIALS]
+    await conn.execute(
+        f"UPDATE chunk_frames SET {', '.join(f'{column} = NULL' for column in columns)} "
+        "WHERE sensor_id = $1 AND seq = ANY($2::bigint[])",
+        sensor,
+        list(seqs),
+    )
+
+
+def stored_seqs(written: Sequence[Written], stored: str) -> list[int]:
+    """The seqs whose rows lose their partials: none, all, or every other one."""
+    seqs = [w.extracted.seq for w in written]
+    return {"all": [], "none": seqs, "some": seqs[1::2]}[stored]
+
+
+# The same aggregate over frames, as SQL: the ``frames`` view's own rows.
+_OVER_FRAMES = {"mean": "(sum({}::float8) / count(*))::real", "min": "min({})", "max": "max({})"}
+
+
+async def from_frames(
+    api: asyncpg.Pool,
+    sensor: str,
+    *,
+    start_us: int,
+    end_us: int,
+    width: int,
+    agg: str,
+    fields: Sequence[str] = SCALARS,
+) -> dict[str, np.ndarray]:
+    """The buckets as PostgreSQL aggregates the rows of the ``frames`` view (its NaN
+    ordering and arithmetic included)."""
+    columns = "".join(f", {_OVER_FRAMES[agg].format(name)} AS {name}" for name in fields)
+    rows = await api.fetch(
+        f"""SELECT date_bin($4::interval, ts, '1970-01-01T00:00:00Z') AS bucket,
+                   count(*) AS frames{columns}
+            FROM frames
+            WHERE sensor_id = $1 AND ts >= $2 AND ts < $3
+            GROUP BY 1
+            ORDER BY 1""",
+        sensor,
+        from_micros(start_us),
+        from_micros(end_us),
+        timedelta(microseconds=width),
+    )
+    out = {
+        "ts": np.array([to_micros(row["bucket"]) for row in rows], np.int64),
+        COUNT: np.array([row["frames"] for row in rows], np.int64),
+    }
+    for name in fields:
+        out[name] = np.array([row[name] for row in rows], np.float32)
+    return out
+
+
 async def read_all(
     api: asyncpg.Pool,
     sensor: str,
@@ -159,23 +233,252 @@ def mixed(sensor: str) -> list[Written]:
     ]
 
 
+@pytest.mark.parametrize("stored", ["all", "none", "some"])
 @pytest.mark.parametrize("agg", AGGREGATES)
 async def test_every_bucket_matches_numpy_over_the_same_frames(
-    conn: asyncpg.Connection, api: asyncpg.Pool, agg: str
+    conn: asyncpg.Connection, api: asyncpg.Pool, agg: str, stored: str
 ) -> None:
+    """Whether the rows carry their partials (``stored``: all, none, every other one)
+    changes nothing in the answers."""
     written = mixed("mix")
     await store(conn, written)
+    await forget_partials(conn, "mix", stored_seqs(written, stored))
     # From mid-bucket (the first bucket starts before start and holds only the
     # frames from start on) to mid-chunk.
     start_us, end_us = START_US + 1_234_567, START_US + 31_000_000
-    for width in (100_000, 250_000, SECOND, 3 * SECOND, 60 * SECOND):
+    for width in (100_000, 250_000, SECOND, 3 * SECOND, 60 * SECOND, HOUR):
         page = await read_all(api, "mix", start_us=start_us, end_us=end_us, width=width, agg=agg)
         want = reference(written, start_us=start_us, end_us=end_us, width=width, agg=agg)
         assert_matches(page, want, agg)
+        over = await from_frames(api, "mix", start_us=start_us, end_us=end_us, width=width, agg=agg)
+        assert_matches(page, over, agg)
         assert not page.more
         # Buckets start on whole multiples of the resolution since the epoch.
         assert (page.ts % width == 0).all()
         assert page.ts[0] < start_us <= page.ts[0] + width
+
+
+async def test_a_row_without_the_partials_of_one_field_is_read_from_its_arrays(
+    conn: asyncpg.Connection, api: asyncpg.Pool
+) -> None:
+    """Partials are taken field by field: a row lacking those of ``rms`` (a field
+    added after it was written, say) still gives its stored ``zcr``."""
+    written = [chunk("part", k, START_US + k * SECOND + 100_000, 0.5) for k in range(4)]
+    await store(conn, written)
+    await forget_partials(conn, "part", [1, 2], fields=["rms"])
+    start_us, end_us = START_US, START_US + 4 * SECOND
+    for fields in (["rms", "zcr"], ["zcr"], ["rms"], []):
+        for agg in AGGREGATES:
+            page = await read_all(
+                api, "part", start_us=start_us, end_us=end_us, width=SECOND, agg=agg, fields=fields
+            )
+            want = reference(
+                written, start_us=start_us, end_us=end_us, width=SECOND, agg=agg, fields=fields
+            )
+            assert_matches(page, want, agg)
+
+
+async def test_a_chunk_inside_one_bucket_gives_its_stored_partials(
+    conn: asyncpg.Connection, api: asyncpg.Pool
+) -> None:
+    """What a chunk whose frames lie in one bucket contributes is what its row stores
+    (the partials stand in for its frames); a chunk across buckets is read from its
+    arrays whatever its partials say."""
+    inside = chunk("taken", 0, START_US + 100_000, 0.5)
+    across = chunk("taken", 1, START_US + SECOND + 800_000, 0.5)  # frames in seconds 1 and 2
+    await store(conn, [inside, across])
+    await conn.execute(
+        "UPDATE chunk_frames SET rms_sum = rms_sum + 1000, rms_min = -1, rms_max = 1000 "
+        "WHERE sensor_id = 'taken'"
+    )
+    kwargs = dict(start_us=START_US, end_us=START_US + 3 * SECOND, width=SECOND, fields=["rms"])
+    honest = {agg: reference([inside, across], **kwargs, agg=agg) for agg in AGGREGATES}
+    mean = await read_all(api, "taken", **kwargs, agg="mean")
+    total = float(np.add.accumulate(inside.features.rms, dtype=np.float64)[-1])  # as stored
+    assert mean.columns["rms"][0] == np.float32((total + 1000) / len(inside.ts))
+    np.testing.assert_array_equal(mean.columns["rms"][1:], honest["mean"]["rms"][1:])
+    low = await read_all(api, "taken", **kwargs, agg="min")
+    high = await read_all(api, "taken", **kwargs, agg="max")
+    assert (low.columns["rms"][0], high.columns["rms"][0]) == (-1, 1000)
+    np.testing.assert_array_equal(low.columns["rms"][1:], honest["min"]["rms"][1:])
+    np.testing.assert_array_equal(high.columns["rms"][1:], honest["max"]["rms"][1:])
+
+
+@pytest.mark.parametrize("stored", ["all", "some"])
+async def test_coarse_buckets_across_midnight_and_day_partitions(
+    conn: asyncpg.Connection, api: asyncpg.Pool, stored: str
+) -> None:
+    """Buckets of an hour, 90 minutes, 5 hours (one from 23:00 to 04:00: its chunks
+    lie in two day partitions) and a day, over a range read a day at most a
+    statement."""
+    day = date(2026, 1, 1)
+    await upkeep.ensure_partitions(conn, [day - timedelta(days=1), day, day + timedelta(days=1)])
+    written = [
+        chunk("night", 0, START_US - 5 * HOUR + 250_000, 1.0),
+        chunk("night", 1, START_US - 2 * HOUR + 10_000, 2.0),
+        chunk("night", 2, START_US - 1 * HOUR - 500_000, 1.0),  # across 23:00
+        chunk("night", 3, START_US - 400_000, 1.0),  # across midnight
+        chunk("night", 4, START_US + 30 * 60 * SECOND, 1.5),
+        chunk("night", 5, START_US + HOUR - 300_000, 1.0),  # across 01:00
+        chunk("night", 6, START_US + 3 * HOUR + 999_000, 1.0),
+        chunk("night", 7, START_US + 26 * HOUR, 0.5),  # the day after
+        chunk("night", 8, START_US - 30 * 60 * SECOND, 0.5),  # 23:30
+    ]
+    await store(conn, written)
+    await forget_partials(conn, "night", stored_seqs(written, stored))
+    start_us, end_us = START_US - 18 * HOUR, START_US + 30 * HOUR
+    for width in (HOUR, 90 * 60 * SECOND, 5 * HOUR, downsample.MAX_RESOLUTION_US):
+        for agg in AGGREGATES:
+            page = await read_all(
+                api, "night", start_us=start_us, end_us=end_us, width=width, agg=agg
+            )
+            want = reference(written, start_us=start_us, end_us=end_us, width=width, agg=agg)
+            assert_matches(page, want, agg)
+    # Midnight inside a bucket of 5 hours (2026 starts 490,896 hours after the epoch,
+    # 23:00 is a whole number of 5 hours), holding whole chunks of both days.
+    page = await read_all(api, "night", start_us=start_us, end_us=end_us, width=5 * HOUR)
+    assert START_US - HOUR in page.ts.tolist()
+
+
+def spoiled(rms: dict[int, float] | None = None, **whole: float) -> Callable[[Features], Features]:
+    """An ``edit`` for ``chunk``: ``rms`` at some frames, and every frame of the fields
+    named, set to the values given."""
+
+    def edit(features: Features) -> Features:
+        values = {name: getattr(features, name).copy() for name in SCALARS}
+        for frame, value in (rms or {}).items():
+            values["rms"][frame] = value
+        for name, value in whole.items():
+            values[name][:] = value
+        return replace(features, **values)
+
+    return edit
+
+
+@pytest.mark.parametrize("stored", ["all", "none", "some"])
+async def test_nan_and_infinities_aggregate_as_postgresql_orders_them(
+    conn: asyncpg.Connection, api: asyncpg.Pool, stored: str
+) -> None:
+    """PostgreSQL orders NaN above every number: a bucket's max is NaN when any of its
+    frames is, its min only when all are; a sum meeting NaN, or both infinities, is
+    NaN. Stored partials give what the arrays give."""
+    nan, inf = math.nan, math.inf
+    written = [
+        chunk("odd", 0, START_US + 100_000, 0.5, edit=spoiled({3: nan, 5: -inf})),
+        chunk("odd", 1, START_US + SECOND + 100_000, 0.5, edit=spoiled(zcr=nan)),
+        chunk("odd", 2, START_US + 2 * SECOND + 100_000, 0.5, edit=spoiled({0: inf, 1: -inf})),
+        chunk("odd", 3, START_US + 3 * SECOND + 100_000, 0.5, edit=spoiled({2: inf})),
+        chunk("odd", 4, START_US + 3 * SECOND + 700_000, 0.5),  # across seconds 3 and 4
+        chunk("odd", 5, START_US + 4 * SECOND + 600_000, 0.3, edit=spoiled(flatness=inf)),
+    ]
+    await store(conn, written)
+    await forget_partials(conn, "odd", stored_seqs(written, stored))
+    start_us, end_us = START_US, START_US + 5 * SECOND
+    for width in (100_000, SECOND, 2 * SECOND, HOUR):
+        for agg in AGGREGATES:
+            page = await read_all(
+                api, "odd", start_us=start_us, end_us=end_us, width=width, agg=agg
+            )
+            want = await from_frames(
+                api, "odd", start_us=start_us, end_us=end_us, width=width, agg=agg
+            )
+            assert_matches(page, want, agg)
+    by_second = {
+        agg: await read_all(api, "odd", start_us=start_us, end_us=end_us, width=SECOND, agg=agg)
+        for agg in AGGREGATES
+    }
+    rms, zcr = (
+        {agg: page.columns[name] for agg, page in by_second.items()} for name in ("rms", "zcr")
+    )
+    assert np.isnan(rms["max"][0]) and rms["min"][0] == -inf and np.isnan(rms["mean"][0])
+    assert np.isnan(zcr["min"][1]) and np.isnan(zcr["max"][1])  # every frame NaN
+    assert np.isnan(rms["mean"][2]) and (rms["min"][2], rms["max"][2]) == (-inf, inf)
+    assert rms["max"][3] == inf and rms["mean"][3] == inf
+
+
+async def test_migration_0006_computes_the_partials_of_stored_rows() -> None:
+    """Rows stored before migration 0006 get the partials the worker would have
+    written, bit for bit (NaN and infinities included), and are read from them."""
+    name = unique("soundstream_partials")
+    url = database_url(name)
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        written = [
+            *mixed("old"),
+            chunk("old", 10, START_US + 40 * SECOND, 0.5, edit=spoiled({1: math.nan})),
+            chunk("old", 11, START_US + 41 * SECOND, 0.5, edit=spoiled({0: -math.inf}, zcr=0.0)),
+            chunk("old", 12, START_US + 42 * SECOND, 0.5, edit=spoiled(centroid=math.nan)),
+        ]
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate_before_partials(conn)
+            await copy_as_before_partials(conn, written)
+            assert await migrate(url) == [
+                m.version for m in available() if m.version >= PARTIALS_MIGRATION
+            ]
+            rows = await conn.fetch(
+                f"SELECT seq, {', '.join(PARTIAL_COLUMNS)} FROM chunk_frames ORDER BY seq"
+            )
+            assert [row["seq"] for row in rows] == [w.extracted.seq for w in written]
+            for row, w in zip(rows, written, strict=True):
+                scalars = np.stack([getattr(w.features, name) for name in SCALARS])
+                fields = struct.unpack(">" + "idifif" * len(SCALARS), pgcopy.partials(scalars))
+                want = dict(zip(PARTIAL_COLUMNS, fields[1::2], strict=True))
+                for column in PARTIAL_COLUMNS:
+                    got = row[column]
+                    assert got == want[column] or (math.isnan(got) and math.isnan(want[column]))
+            # The primary key holds them: read with the key, without the row.
+            key = await conn.fetchval("SELECT pg_get_indexdef('chunk_frames_pkey'::regclass)")
+            assert "INCLUDE" in key and all(column in key for column in PARTIAL_COLUMNS)
+        finally:
+            await conn.close()
+        async with asyncpg.create_pool(url, min_size=1, max_size=2) as api:
+            start_us, end_us = START_US, START_US + 43 * SECOND
+            for width in (SECOND, 60 * SECOND):
+                for agg in AGGREGATES:
+                    page = await read_all(
+                        api, "old", start_us=start_us, end_us=end_us, width=width, agg=agg
+                    )
+                    want = await from_frames(
+                        api, "old", start_us=start_us, end_us=end_us, width=width, agg=agg
+                    )
+                    assert_matches(page, want, agg)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def migrate_before_partials(conn: asyncpg.Connection) -> None:
+    """The migrations before 0006, recorded as ``migrate`` records them."""
+    await conn.execute(
+        """CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                                           applied_at timestamptz NOT NULL DEFAULT now())"""
+    )
+    for migration in available():
+        if migration.version < PARTIALS_MIGRATION:
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+
+
+async def copy_as_before_partials(conn: asyncpg.Connection, written: Sequence[Written]) -> None:
+    """The chunks' rows as a replica before migration 0006 copied them: the columns
+    less the partials."""
+    columns = [column for column in pgcopy.COLUMNS if column not in PARTIAL_COLUMNS]
+    tail = len(pgcopy.partials(np.zeros((len(SCALARS), 1), np.float32)))
+    rows = [w.extracted.frames.row for w in written]
+    data = [struct.pack(">h", len(columns)) + row[2 : len(row) - tail] for row in rows]
+
+    async def source() -> AsyncIterator[bytes]:
+        yield b"".join(pgcopy.stream(data))
+
+    await conn.copy_to_table("chunk_frames", source=source(), columns=columns, format="binary")
+    longest = max(int(w.ts[-1] - w.ts[0]) for w in written)
+    await conn.execute("UPDATE frame_span SET longest = $1", timedelta(microseconds=longest))
 
 
 async def test_buckets_without_frames_are_absent(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -95,6 +96,70 @@ def test_a_chunk_row_decodes_to_its_features(n: int, sensor: str) -> None:
         assert real_array(values[name]) == getattr(f, name).tolist()
     assert real_array(values["mel"]) == f.mel.reshape(-1).tolist()
     assert real_array(values["mfcc"]) == f.mfcc.reshape(-1).tolist()
+    for name in SCALARS:
+        frames = real_array(values[name])
+        stored = [partial(values, name, kind) for kind in pgcopy.PARTIALS]
+        assert stored == [as_postgresql(frames, kind) for kind in pgcopy.PARTIALS]
+
+
+def partial(values: dict[str, bytes], name: str, kind: str) -> float:
+    """A partial column as decoded from its COPY field: float8 for the sum, real else."""
+    raw = values[pgcopy.partial_column(name, kind)]
+    assert len(raw) == (8 if kind == "sum" else 4)
+    value: float = struct.unpack(">d" if kind == "sum" else ">f", raw)[0]
+    return value
+
+
+def as_postgresql(frames: list[float], kind: str) -> float:
+    """What PostgreSQL's ``sum(x::float8)``, ``min(x)`` and ``max(x)`` give over a
+    ``real[]``: the sum adds one frame after another; NaN sorts above every number."""
+    if kind == "sum":
+        total = frames[0]
+        for value in frames[1:]:
+            total += value
+        return total
+    numbers = [value for value in frames if not math.isnan(value)]
+    if kind == "max":
+        return math.nan if len(numbers) < len(frames) else max(numbers)
+    return min(numbers) if numbers else math.nan
+
+
+def same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+# Any float32, NaN and the infinities included, spread over many powers of two so
+# that the order of the additions shows in the sums.
+_ANY_REAL = st.floats(width=32) | st.builds(
+    lambda m, e: m * 2.0**e, st.floats(-1, 1, width=32), st.integers(-60, 60)
+)
+
+
+@given(
+    st.integers(1, 40).flatmap(
+        lambda n: st.lists(
+            st.lists(_ANY_REAL, min_size=n, max_size=n),
+            min_size=len(SCALARS),
+            max_size=len(SCALARS),
+        )
+    )
+)
+def test_partials_are_what_postgresql_computes_over_the_arrays(rows: list[list[float]]) -> None:
+    scalars = np.array(rows, np.float32)
+    raw = pgcopy.partials(scalars)
+    fields = struct.unpack(">" + "idifif" * len(scalars), raw)
+    for i, frames in enumerate(scalars.astype(np.float64).tolist()):
+        lengths = fields[6 * i : 6 * i + 6 : 2]
+        stored = fields[6 * i + 1 : 6 * i + 6 : 2]
+        assert lengths == (8, 4, 4)
+        for kind, value in zip(pgcopy.PARTIALS, stored, strict=True):
+            assert same(value, as_postgresql(frames, kind)), (kind, frames)
+
+
+def test_partial_columns_follow_the_scalars_in_the_copy_columns() -> None:
+    names = [pgcopy.partial_column(name, kind) for name in SCALARS for kind in pgcopy.PARTIALS]
+    assert pgcopy.COLUMNS[-len(names) :] == tuple(names)
+    assert names[:3] == ["rms_sum", "rms_min", "rms_max"]
 
 
 def test_an_empty_stream_is_valid() -> None:
