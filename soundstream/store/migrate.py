@@ -98,12 +98,17 @@ async def pending(database_url: str) -> list[int]:
     """Versions not yet applied (empty when the schema is current)."""
     conn = await asyncpg.connect(database_url)
     try:
-        exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-        done = (
-            {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-            if exists
-            else set()
-        )
+        return await missing(conn)
     finally:
         await conn.close()
+
+
+async def missing(conn: asyncpg.Connection) -> list[int]:
+    """The versions this code has that the database on ``conn`` has not applied."""
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    done = (
+        {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        if exists
+        else set()
+    )
     return [m.version for m in available() if m.version not in done]

@@ -18,7 +18,7 @@ import asyncpg
 
 from soundstream.core.records import Extracted, ns_to_us
 from soundstream.errors import SchemaMissing
-from soundstream.store import announce, pgcopy
+from soundstream.store import announce, migrate, pgcopy
 from soundstream.store.locks import PARTITION_LOCK
 
 # timestamptz travels as integer microseconds since 2000-01-01 (PostgreSQL's epoch):
@@ -74,9 +74,14 @@ def _decode_us(value: tuple[int]) -> int:
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     """Pool ``init``: integer-microsecond timestamps and the staging table."""
-    if not await conn.fetchval("SELECT to_regclass('chunk_frames') IS NOT NULL"):
+    # A schema older than this code would fail every batch (a column it writes is not
+    # there yet), and the broker would dead-letter the chunks that happened to be
+    # blamed: refuse before consuming anything.
+    behind = await migrate.missing(conn)
+    if behind:
         raise SchemaMissing(
-            "the database has no soundstream schema or an old one: run `soundstream migrate`"
+            "the database has no soundstream schema or an old one (migrations"
+            f" {', '.join(map(str, behind))} not applied): run `soundstream migrate`"
         )
     await conn.set_type_codec(
         "timestamptz",

@@ -18,6 +18,7 @@ from soundstream.core.timefmt import from_micros
 from soundstream.core.wire import Chunk
 from soundstream.errors import SchemaMissing
 from soundstream.store import read, upkeep
+from soundstream.store.migrate import available
 from soundstream.store.pgcopy import chunk_row
 from soundstream.store.write import init_connection, write_batch
 
@@ -212,6 +213,25 @@ async def test_a_database_without_the_schema_is_refused(database: str) -> None:
             await init_connection(connection)
     finally:
         await connection.close()
+
+
+async def test_a_schema_behind_the_code_is_refused_naming_what_is_missing(
+    conn: asyncpg.Connection,
+) -> None:
+    """A replica newer than the schema (migrate not run yet) must not start writing:
+    every batch would fail, and the chunks blamed would be dead-lettered."""
+    latest = available()[-1].version
+    await conn.execute("DELETE FROM schema_migrations WHERE version = $1", latest)
+    try:
+        with pytest.raises(SchemaMissing, match=f"migrations {latest} not applied"):
+            await init_connection(conn)
+    finally:
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            latest,
+            available()[-1].name,
+        )
+    await init_connection(conn)  # current again: accepted
 
 
 async def test_chunks_overlapping_in_time_show_the_frames_received_first(
