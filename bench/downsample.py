@@ -211,35 +211,6 @@ def check_layout(phase_us: int) -> None:
 # -- fill ----------------------------------------------------------------------------
 
 
-async def migrate_before(database: str) -> None:
-    """Create ``database`` with the migrations before 0006 applied, as ``migrate``
-    records them (so that ``migrate`` later applies 0006 and what follows)."""
-    admin = await asyncpg.connect(PG)
-    try:
-        await admin.execute(f'CREATE DATABASE "{database.rsplit("/", 1)[1]}"')
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(database)
-    try:
-        await conn.execute(
-            """CREATE TABLE schema_migrations (
-                   version    integer     PRIMARY KEY,
-                   name       text        NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
-        for migration in available():
-            if migration.version < PARTIALS_MIGRATION:
-                async with conn.transaction():
-                    await conn.execute(migration.sql)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                        migration.version,
-                        migration.name,
-                    )
-    finally:
-        await conn.close()
-
-
 def days_of(first_day: int, days: int) -> list[date]:
     return [DAY + timedelta(days=k) for k in range(first_day, first_day + days)]
 
@@ -701,7 +672,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     check_layout(args.phase_us)
     name = f"bench_downsample_{uuid.uuid4().hex[:8]}"
     database = PG.rsplit("/", 1)[0] + "/" + name
-    await migrate_before(database)
+    await migrate(database, until=PARTIALS_MIGRATION - 1)  # as a release before 0006 left it
     try:
         seconds = args.days * DAY_S
         print(f"filling {seconds:,} chunks of 1 s ({seconds * FRAMES:,} frames) before 0006")

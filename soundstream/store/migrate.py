@@ -38,8 +38,11 @@ def available() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-async def migrate(database_url: str, *, create_database: bool = True) -> list[int]:
-    """Apply what is missing; return the versions applied by this call."""
+async def migrate(
+    database_url: str, *, create_database: bool = True, until: int | None = None
+) -> list[int]:
+    """Apply what is missing (up to version ``until``, for a database as an older
+    release left it); return the versions applied by this call."""
     try:
         conn = await asyncpg.connect(database_url)
     except asyncpg.InvalidCatalogNameError:
@@ -50,14 +53,14 @@ async def migrate(database_url: str, *, create_database: bool = True) -> list[in
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATE_LOCK)
         try:
-            return await _apply(conn)
+            return await _apply(conn, until)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATE_LOCK)
     finally:
         await conn.close()
 
 
-async def _apply(conn: asyncpg.Connection) -> list[int]:
+async def _apply(conn: asyncpg.Connection, until: int | None) -> list[int]:
     await conn.execute(
         """CREATE TABLE IF NOT EXISTS schema_migrations (
                version    integer     PRIMARY KEY,
@@ -67,7 +70,7 @@ async def _apply(conn: asyncpg.Connection) -> list[int]:
     done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
     applied = []
     for migration in available():
-        if migration.version in done:
+        if migration.version in done or (until is not None and migration.version > until):
             continue
         async with conn.transaction():
             await conn.execute(migration.sql)

@@ -410,9 +410,9 @@ async def test_migration_0006_computes_the_partials_of_stored_rows() -> None:
             chunk("old", 11, START_US + 41 * SECOND, 0.5, edit=spoiled({0: -math.inf}, zcr=0.0)),
             chunk("old", 12, START_US + 42 * SECOND, 0.5, edit=spoiled(centroid=math.nan)),
         ]
+        await migrate(url, until=PARTIALS_MIGRATION - 1)
         conn = await asyncpg.connect(url)
         try:
-            await migrate_before_partials(conn)
             await copy_as_before_partials(conn, written)
             assert await migrate(url) == [
                 m.version for m in available() if m.version >= PARTIALS_MIGRATION
@@ -447,22 +447,6 @@ async def test_migration_0006_computes_the_partials_of_stored_rows() -> None:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
-
-
-async def migrate_before_partials(conn: asyncpg.Connection) -> None:
-    """The migrations before 0006, recorded as ``migrate`` records them."""
-    await conn.execute(
-        """CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
-                                           applied_at timestamptz NOT NULL DEFAULT now())"""
-    )
-    for migration in available():
-        if migration.version < PARTIALS_MIGRATION:
-            await conn.execute(migration.sql)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                migration.version,
-                migration.name,
-            )
 
 
 async def copy_as_before_partials(conn: asyncpg.Connection, written: Sequence[Written]) -> None:

@@ -47,13 +47,7 @@ async def test_frames_stored_one_row_each_move_into_chunk_rows() -> None:
     try:
         conn = await asyncpg.connect(url)
         try:
-            first = available()[0]
-            await conn.execute(first.sql)
-            await conn.execute(
-                """CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
-                                                   applied_at timestamptz NOT NULL DEFAULT now());
-                   INSERT INTO schema_migrations (version, name) VALUES (1, 'initial')"""
-            )
+            await migrate(url, until=1)  # the first layout, one row per frame
             # Two sensors, three chunks; one chunk without frames; today's and a year-old day.
             await conn.execute(
                 """
