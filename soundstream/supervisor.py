@@ -37,7 +37,7 @@ from soundstream.ingest.pool import ExtractionPool, open_pool
 from soundstream.observe.metrics import Metrics
 from soundstream.observe.tracing import Tracing
 from soundstream.status import Check, Readiness, Status
-from soundstream.store import announce
+from soundstream.store import announce, migrate
 from soundstream.store.session import keep_session
 from soundstream.store.write import init_connection
 
@@ -178,12 +178,18 @@ def _one_error() -> Iterator[None]:
 
 
 async def _ping(pool: asyncpg.Pool) -> str:
-    """Why the database does not answer a query, or "" when it does."""
+    """Why the database cannot serve this code, or "" when it can: it does not answer
+    a query, or its schema lacks migrations the code has (the API's reads would fail
+    on what is not there yet)."""
     try:
         with anyio.fail_after(READY_CHECK_TIMEOUT_S):
-            await pool.fetchval("SELECT 1")
+            async with pool.acquire() as conn:
+                behind = await migrate.missing(conn)
     except Exception as exc:
         return f"unreachable ({type(exc).__name__})"
+    if behind:
+        versions = ", ".join(map(str, behind))
+        return f"schema behind the code (migrations {versions} not applied): run migrate"
     return ""
 
 

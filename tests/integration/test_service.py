@@ -142,6 +142,38 @@ async def test_readiness_names_the_unreachable_database(settings: config.Setting
     assert "database" in answer.text
 
 
+async def test_an_api_replica_on_a_schema_behind_its_code_is_unready(
+    settings: config.Settings,
+) -> None:
+    """Until ``migrate`` has run, an API-only replica (which never opens the ingest
+    pool's check) reports why it cannot serve instead of failing reads."""
+    latest = available()[-1]
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute("DELETE FROM schema_migrations WHERE version = $1", latest.version)
+        s = config.replace(settings, roles=frozenset({"api"}))
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(serve, s, stop)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                answer = await client.get("/readyz")
+                assert answer.status_code == 503
+                assert f"migrations {latest.version} not applied" in answer.json()["detail"]
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    latest.version,
+                    latest.name,
+                )
+
+                async def ready() -> bool:
+                    return (await client.get("/readyz")).status_code == 200
+
+                await wait_for(ready, within=10)
+            stop.set()
+    finally:
+        await conn.close()
+
+
 async def test_restart_budget_exhausted_ends_the_process(
     topology: config.Settings, tmp_path: Path
 ) -> None:
