@@ -221,7 +221,7 @@ def _judge(config: Config, run: Run, outcome: Outcome) -> int:
     rows = report.read_stats(run.out / STATS)
     kinds = {"AMQP"} if run.profile.sensors else set()
     kinds |= {"GET"} if run.profile.readers else set()
-    breaches = thresholds.check(rows, config, kinds=kinds)
+    breaches = thresholds.check(rows, config, kinds=kinds, latency=run.profile.latency_limits)
     breaches += [f"user code raised {line}" for line in report.read_exceptions(run.out)]
     verdict = outcome.verdict
     if verdict is not None and not verdict.ok:
