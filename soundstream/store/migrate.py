@@ -7,6 +7,7 @@ queue behind each other and the later ones find nothing left to do.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -29,13 +30,16 @@ class Migration:
     sql: str
 
 
-def available() -> list[Migration]:
+# Read once a process: the files ship with the package and do not change while it
+# runs, and the schema check reads them on every ingest connection and readiness probe.
+@functools.cache
+def available() -> tuple[Migration, ...]:
     found = []
     for entry in resources.files("soundstream.store.migrations").iterdir():
         match = _NAME.fullmatch(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
-    return sorted(found, key=lambda m: m.version)
+    return tuple(sorted(found, key=lambda m: m.version))
 
 
 async def migrate(
