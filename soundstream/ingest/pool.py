@@ -5,7 +5,15 @@ A task is pickled and written to the least busy worker's socket, and its reply r
 back by that worker's reader task, all on the event loop: no helper threads to
 hand work over, so a task's round trip is its compute and two socket writes. A
 worker answers in order, so a second task can wait in its socket while it works on
-the first.
+the first. The sockets are asyncio streams with a send buffer that holds the tasks
+queued: a request goes out in one write and a reply is read as it arrives, so
+neither waits for the event loop to come round once per 64 KiB while a busy main
+process serves the broker and the database.
+
+Workers run at a lower CPU priority than the main process (``worker.NICE``). The
+main process is the hub every other process waits on: the broker for acks, the
+database for rows, the workers for tasks. Given the core first whenever it has
+work, it keeps them all fed, and the workers take whatever is left.
 
 A worker that dies (killed, out of memory, a crash in native code) fails the tasks
 it held with ``WorkerDied``; it is replaced when the next task is given out, and
@@ -15,6 +23,7 @@ restart does not pay for spawning workers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -28,9 +37,9 @@ from typing import Any, cast
 
 import anyio
 import structlog
-from anyio.abc import TaskGroup, UNIXSocketStream
-from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.abc import TaskGroup
 
+from soundstream.config import TASK_MAX_BYTES
 from soundstream.core.fields import FeatureParams
 from soundstream.core.records import Encoded, Job
 from soundstream.ingest import worker
@@ -38,6 +47,11 @@ from soundstream.ingest import worker
 log = structlog.get_logger(__name__)
 # How long closing the pool waits for a worker to exit before killing it.
 EXIT_WAIT_S = 5.0
+# What a worker's reply stream reads ahead before it waits to be read: a whole
+# reply of a full task (rows are smaller than the samples they came from).
+REPLY_BUFFER = TASK_MAX_BYTES
+# The kernel's send buffer asked for on each worker's socket: two full tasks.
+SEND_BUFFER = 2 * TASK_MAX_BYTES
 
 
 class WorkerDied(Exception):
@@ -56,30 +70,33 @@ class _Reply:
 
 
 class _Worker:
-    """One worker process and the main process's end of its socket."""
+    """One worker process and the main process's end of its socket.
 
-    def __init__(self, process: BaseProcess, stream: UNIXSocketStream) -> None:
+    The socket is an asyncio stream: the event loop moves bytes whenever the socket
+    is ready, in its own callbacks, so a request goes out in one write (what the
+    kernel does not take at once is sent as the worker reads) and a reply is
+    gathered as it arrives, instead of one trip round the event loop per 64 KiB.
+    """
+
+    def __init__(
+        self, process: BaseProcess, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.process = process
-        self.stream = stream
+        self.reader = reader
+        self.writer = writer
         self.pending: deque[_Reply] = deque()  # sent and not answered, in order
         self.alive = True
-        self._sending = anyio.Lock()
 
     async def call(self, function: Callable[..., Any], *args: Any) -> Any:
-        if not self.alive:
+        if not self.alive or self.writer.is_closing():
             raise WorkerDied(self.describe())
         request = pickle.dumps((function, args), pickle.HIGHEST_PROTOCOL)
         reply = _Reply()
-        async with self._sending:
-            self.pending.append(reply)
-            # A request half written would leave the worker reading garbage: once
-            # started, it is finished (or the socket is gone).
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self.stream.send(worker.FRAME.pack(len(request)))
-                    await self.stream.send(request)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    self.alive = False  # the reader fails what is pending
+        self.pending.append(reply)
+        # Written whole or buffered whole by the transport, so no cancellation can
+        # leave the worker reading half a request. The buffer holds at most the
+        # tasks in flight, which the extractor bounds.
+        self.writer.writelines((worker.FRAME.pack(len(request)), request))
         await reply.done.wait()
         if reply.ok:
             return reply.value
@@ -88,21 +105,17 @@ class _Worker:
     async def read_replies(self) -> None:
         """Resolve each pending task with its reply; when the worker is gone, fail
         what is left."""
-        replies = BufferedByteReceiveStream(self.stream)
         try:
             while True:
-                (size,) = worker.FRAME.unpack(await replies.receive_exactly(worker.FRAME.size))
-                ok, value = pickle.loads(await replies.receive_exactly(size))
+                header = await self.reader.readexactly(worker.FRAME.size)
+                (size,) = worker.FRAME.unpack(header)
+                ok, value = pickle.loads(await self.reader.readexactly(size))
                 self.pending.popleft().resolve(ok, value)
-        except (
-            anyio.IncompleteRead,
-            anyio.EndOfStream,
-            anyio.BrokenResourceError,
-            anyio.ClosedResourceError,
-        ):
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass  # the worker or its socket is gone
         finally:
             self.alive = False
+            self.writer.close()
             while self.pending:
                 self.pending.popleft().resolve(False, WorkerDied(self.describe()))
 
@@ -114,7 +127,9 @@ class _Worker:
     async def aclose(self) -> None:
         """Close the socket (the worker exits at end of stream); kill it if it has
         not exited within ``EXIT_WAIT_S``."""
-        await self.stream.aclose()
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
         await anyio.to_thread.run_sync(self.process.join, EXIT_WAIT_S)
         if self.process.exitcode is None:
             self.process.kill()
@@ -147,6 +162,10 @@ class ExtractionPool:
         for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(variable, "1")
         ours, theirs = socket.socketpair()
+        # Room in the kernel for the tasks a worker has queued, so a request is
+        # written in one go while the worker still computes the last one (the kernel
+        # caps this at net.core.wmem_max; the transport holds any rest).
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         with theirs:
             process = self._context.Process(
                 target=worker.serve,
@@ -155,7 +174,9 @@ class ExtractionPool:
                 daemon=True,
             )
             process.start()
-        started = _Worker(process, await UNIXSocketStream.from_socket(ours))
+        # A reply is read whole as soon as it is there, however large.
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=REPLY_BUFFER)
+        started = _Worker(process, reader, writer)
         self._task_group.start_soon(started.read_replies)
         return started
 

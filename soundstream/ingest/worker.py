@@ -41,6 +41,8 @@ from soundstream.store.pgcopy import chunk_row
 
 # A request's or reply's length, before its pickle.
 FRAME = struct.Struct("!Q")
+# How much nicer than the main process a worker runs (see ``init``).
+NICE = 10
 Request = tuple[Callable[..., Any], tuple[Any, ...]]
 
 
@@ -114,6 +116,10 @@ def _failure(exc: Exception) -> bytes:
 
 def init(params: FeatureParams, memory_mb: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The main process gets a core first when it has work: while it waits for one,
+    # the broker, the database and the other workers wait for it. Measured on
+    # 2 cores: 1.74 to 1.83 cores busy and about 8% more chunks a second.
+    os.nice(NICE)
     warm_up(params)
     if memory_mb:
         limit = data_segment_bytes() + memory_mb * 1024 * 1024

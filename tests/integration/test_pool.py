@@ -1,6 +1,7 @@
 """The extraction pool with real spawned workers: the rows it returns, the errors
 it passes back, a worker killed mid-task, a request larger than a worker may hold,
-and workers that end with the pool."""
+requests and replies larger than the sockets' buffers, the workers' priority, and
+workers that end with the pool."""
 
 from __future__ import annotations
 
@@ -90,6 +91,32 @@ async def test_a_request_larger_than_the_worker_may_hold_fails_alone() -> None:
         # Read past, not misread: the same worker answers the next request.
         assert await first.call(len, b"x" * 1000) == 1000
         assert pool.statistics()["replaced"] == 0
+
+
+async def test_requests_and_replies_larger_than_the_socket_buffers_pass_whole() -> None:
+    """Several tasks of a few MiB each, queued on one worker at once: each request is
+    written while the worker still reads or computes the last, and every reply comes
+    back whole and to the task that asked."""
+    async with warmed() as pool:
+        [first, _] = pool._workers
+        payloads = [bytes([i]) * ((5 << 20) + i) for i in range(4)]
+        replies: dict[int, bytes] = {}
+
+        async def echo(i: int) -> None:
+            replies[i] = await first.call(bytes, payloads[i])
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(payloads)):
+                tg.start_soon(echo, i)
+        assert replies == dict(enumerate(payloads))
+        assert pool.statistics() == {"workers": 2, "replaced": 0, "in_flight": 0}
+
+
+async def test_workers_run_at_a_lower_priority_than_the_main_process() -> None:
+    async with warmed() as pool:
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        for pid in pool.pids():
+            assert os.getpriority(os.PRIO_PROCESS, pid) == min(ours + worker.NICE, 19)
 
 
 async def test_workers_exit_when_the_pool_closes() -> None:
