@@ -48,7 +48,9 @@ async def run(
     tracing: Tracing,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    in_flight = anyio.Semaphore(settings.tasks_in_flight)
+    # fast_acquire: a free slot is taken without a trip round the event loop, so a
+    # reply's slot goes to the next task at once (see ``ingest/handoff``).
+    in_flight = anyio.Semaphore(settings.tasks_in_flight, fast_acquire=True)
 
     async def extract(batch: list[Delivery]) -> None:
         started = time.time_ns()

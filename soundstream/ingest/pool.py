@@ -152,8 +152,9 @@ class ExtractionPool:
         # tell which chunk killed it.
         self._running = 0
         self._alone = False
-        self._changed = anyio.Condition()
-        self._spawning = anyio.Lock()
+        # Taken for every task: when free, without a trip round the event loop.
+        self._changed = anyio.Condition(anyio.Lock(fast_acquire=True))
+        self._spawning = anyio.Lock(fast_acquire=True)
 
     async def _spawn(self) -> _Worker:
         # Workers are the parallelism; BLAS threads inside them would only fight over

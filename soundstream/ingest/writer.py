@@ -54,7 +54,7 @@ async def run(
 ) -> None:
     await _connect(pool, status, metrics)
     task_status.started()
-    slots = anyio.Semaphore(COMMITS_IN_FLIGHT)
+    slots = anyio.Semaphore(COMMITS_IN_FLIGHT, fast_acquire=True)
 
     async def commit(batch: list[Extracted]) -> None:
         try:
