@@ -34,7 +34,7 @@ test: lint services
 # Benchmarks: each prints its figures and writes bench/results/<name>-<time>.json.
 bench: install services
 	$(BIN)/python bench/extract.py
-	$(BIN)/python bench/endtoend.py --seconds 120 --runs 3
+	$(BIN)/python bench/endtoend.py --seconds 600 --runs 3
 	$(BIN)/python bench/pipeline.py --runs 3
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/readpath.py

@@ -19,7 +19,9 @@ every 0.25 s in between (a process that exits keeps its last value; one that app
 counts from 0), summed per family: the consumer's main process, its descendants
 (pool workers), every ``postgres`` process except the bench's own polling backend,
 and RabbitMQ (``beam.smp`` and its descendants). "cores busy" is the families' CPU
-seconds over the window's wall seconds; "machine busy" the same from /proc/stat (all
+seconds over the window's wall seconds; "steady" the same between the samples where
+10% and 90% of the backlog were committed (the drain at full flow, without the
+pipeline emptying at its end); "machine busy" the same from /proc/stat (all
 processes, the bench itself and anyone else's work included).
 
 Prints a table of medians over the runs and the ratio ours/naive, and writes all of
@@ -122,6 +124,8 @@ class Cpu:
     # Every other process, to see what else ran: pid -> (comm, first ticks, last ticks)
     others: dict[int, tuple[str, int, int]] = field(default_factory=dict)
     this_db: set[int] = field(default_factory=set)  # postgres processes of the database
+    # (monotonic time, chunks committed, the families' ticks) at every sample
+    trace: list[tuple[float, int, int]] = field(default_factory=list)
 
     def classify(self, table: dict[int, Stat]) -> dict[int, str]:
         found = {self.root: "main"}
@@ -142,7 +146,7 @@ class Cpu:
         }
         return found
 
-    def sample(self) -> None:
+    def sample(self, now: float = 0.0, stored: int = 0) -> None:
         table = snapshot()
         kinds = self.classify(table)
         for pid, kind in kinds.items():
@@ -159,10 +163,22 @@ class Cpu:
         if not self.started:
             self.machine.append(machine_ticks())
         self.started = True
+        used = sum(ticks - self.base.get(pid, 0) for pid, ticks in self.last.items())
+        self.trace.append((now, stored, used))
 
-    def end(self) -> None:
-        self.sample()
+    def end(self, now: float = 0.0, stored: int = 0) -> None:
+        self.sample(now, stored)
         self.machine.append(machine_ticks())
+
+    def steady_cores_busy(self, total: int) -> float | None:
+        """Cores busy between the samples where 10% and 90% of the backlog were
+        committed: the drain at full flow, without the pipeline filling at its start
+        or emptying at its end (None if too few samples lie in between)."""
+        start = next((t for t in self.trace if t[1] >= total // 10), None)
+        end = next((t for t in reversed(self.trace) if t[1] <= total * 9 // 10), None)
+        if start is None or end is None or end[0] - start[0] < 1.0:
+            return None
+        return round((end[2] - start[2]) / TICK / (end[0] - start[0]), 2)
 
     def serves_database(self, pid: int) -> bool:
         try:
@@ -196,18 +212,21 @@ class Cpu:
         (b0, t0), (b1, t1) = self.machine[0], self.machine[-1]
         return (b1 - b0) / TICK, (t1 - t0) / TICK
 
-    def report(self, chunks: int, wall_s: float, *, other_min_s: float = 0.01) -> dict[str, Any]:
+    def report(
+        self, chunks: int, wall_s: float, *, backlog: int = 0, other_min_s: float = 0.01
+    ) -> dict[str, Any]:
         """The window's CPU: per family, per chunk, cores busy, and everyone else's."""
         seconds = self.seconds()
-        total = sum(seconds[k] for k in FAMILIES)
+        used = sum(seconds[k] for k in FAMILIES)
         busy, available = self.machine_busy_s()
         return {
             "cpu_s": {k: round(v, 2) for k, v in seconds.items()},
             "cpu_ms_per_chunk": {
                 **{k: round(1000 * v / chunks, 3) for k, v in seconds.items()},
-                "all": round(1000 * total / chunks, 3),
+                "all": round(1000 * used / chunks, 3),
             },
-            "cores_busy": round(total / wall_s, 2),
+            "cores_busy": round(used / wall_s, 2),
+            "steady_cores_busy": self.steady_cores_busy(backlog) if backlog else None,
             "machine_cores_busy": round(busy / wall_s, 2),
             "machine_busy_share": round(busy / available, 3) if available else None,
             "other_cpu_s": {
@@ -274,7 +293,7 @@ async def drain_once(system: str, plan: Plan, timeout_s: float) -> dict[str, Any
         "window_s": round(wall, 3),
         "chunks_in_window": counted,
         "chunks_per_s": round(counted / wall, 1),
-        **cpu.report(counted, wall),
+        **cpu.report(counted, wall, backlog=plan.chunks),
         "exit_status": process.returncode,
     }
 
@@ -290,16 +309,16 @@ async def watch(
         stored = int(await conn.fetchval(STORED))
         now = time.monotonic()
         if stored and first is None:
-            cpu.sample()  # the baseline
+            cpu.sample(now, stored)  # the baseline
             first, c0, next_sample = now, stored, now + SAMPLE_S
         if stored >= total:
-            cpu.end()
+            cpu.end(now, stored)
             assert first is not None
             return first, c0, now
         if process.returncode is not None:
             raise RuntimeError(f"the consumer exited with {process.returncode} before the drain")
         if first is not None and now >= next_sample:
-            cpu.sample()
+            cpu.sample(now, stored)
             next_sample = now + SAMPLE_S
         await anyio.sleep(POLL_S)
 
@@ -317,6 +336,22 @@ def one_second_16k() -> Shape:
 
 
 # -- results -------------------------------------------------------------------------
+
+
+def median_of_known(runs: list[dict[str, Any]], key: str) -> float | None:
+    """The median of ``key`` over the runs that have it (not None)."""
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return float(statistics.median(values)) if values else None
+
+
+def cells_of_cores(s: dict[str, Any]) -> list[str]:
+    """Cores busy, steady and machine, as table cells."""
+    steady = s.get("steady_cores_busy")
+    return [
+        f"{s['cores_busy']:.2f}",
+        "-" if steady is None else f"{steady:.2f}",
+        f"{s['machine_cores_busy']:.2f}",
+    ]
 
 
 def median(runs: list[dict[str, Any]], *path: str) -> float:
@@ -341,6 +376,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
                 for k in (*FAMILIES, "all", "postgres_this_db")
             },
             "cores_busy": median(runs, "cores_busy"),
+            "steady_cores_busy": median_of_known(runs, "steady_cores_busy"),
             "machine_cores_busy": median(runs, "machine_cores_busy"),
         }
     out["ratio_ours_over_naive"] = round(
@@ -350,9 +386,10 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def show(summary: dict[str, Any]) -> None:
-    head = ["system", "chunks/s", *FAMILIES, "all", "cores", "machine"]
+    head = ["system", "chunks/s", *FAMILIES, "all", "cores", "steady", "machine"]
     print("\nmedians; CPU ms per chunk: main, children, postgres, rabbitmq, all;")
-    print("cores busy: the families' CPU s / wall s (machine: all of /proc/stat)")
+    print("cores busy: the families' CPU s / wall s (steady: from 10% to 90% of the backlog;")
+    print("machine: all of /proc/stat)")
     print("".join(f"{h:>10}" for h in head))
     for system in SYSTEMS:
         s = summary[system]
@@ -360,8 +397,7 @@ def show(summary: dict[str, Any]) -> None:
             system,
             f"{s['chunks_per_s']:.0f}",
             *(f"{s['cpu_ms_per_chunk'][k]:.2f}" for k in (*FAMILIES, "all")),
-            f"{s['cores_busy']:.2f}",
-            f"{s['machine_cores_busy']:.2f}",
+            *cells_of_cores(s),
         ]
         print("".join(f"{c:>10}" for c in cells))
     print(
@@ -380,7 +416,8 @@ def show_run(i: int, r: dict[str, Any]) -> None:
         f"{r['chunks_per_s']:.0f} chunks/s; CPU ms/chunk "
         + " ".join(f"{k}={ms[k]:.2f}" for k in (*FAMILIES, "all"))
         + f" (postgres of this db {ms['postgres_this_db']:.2f})"
-        + f"; cores busy {r['cores_busy']:.2f} (machine {r['machine_cores_busy']:.2f})",
+        + f"; cores busy {r['cores_busy']:.2f} (steady {r['steady_cores_busy']}, machine "
+        + f"{r['machine_cores_busy']:.2f})",
         flush=True,
     )
     others = list(r["other_cpu_s"].items())[:4]

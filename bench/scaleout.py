@@ -58,8 +58,10 @@ from endtoend import (
     TICK,
     Cpu,
     Stat,
+    cells_of_cores,
     drain_options,
     median,
+    median_of_known,
 )
 from memory import (
     Plan,
@@ -212,20 +214,20 @@ async def watch(
             if stored and window.committed is None:
                 window.committed = now
             if window.attached is not None and stored:
-                cpu.sample()  # the baseline
+                cpu.sample(now, stored)  # the baseline
                 started, window.first, window.c0 = True, now, stored
                 next_sample = now + SAMPLE_S
         if stored >= total:
             if not started:
                 raise SystemExit("the backlog was committed before every replica attached")
-            cpu.end()
+            cpu.end(now, stored)
             window.last = now
             return window
         for replica in replicas:
             if replica.process.returncode is not None:
                 raise RuntimeError(f"a replica exited with {replica.process.returncode}")
         if started and now >= next_sample:
-            cpu.sample()
+            cpu.sample(now, stored)
             next_sample = now + SAMPLE_S
         await anyio.sleep(POLL_S)
 
@@ -274,7 +276,7 @@ async def drain_once(layout: Layout, plan: Plan, timeout_s: float, logs: Path) -
         "chunks_before_window": window.c0,
         "chunks_in_window": counted,
         "chunks_per_s": round(counted / wall, 1),
-        **cpu.report(counted, wall, other_min_s=0.05),
+        **cpu.report(counted, wall, backlog=plan.chunks, other_min_s=0.05),
         "conflict_lines": sum(log["conflict_lines"] for log in replica_logs),
         "replica_logs": replica_logs,
         "pg_stat_database": dict(stats) if stats else None,
@@ -298,6 +300,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
                 for k in (*FAMILIES, "all", "postgres_this_db")
             },
             "cores_busy": median(runs, "cores_busy"),
+            "steady_cores_busy": median_of_known(runs, "steady_cores_busy"),
             "machine_cores_busy": median(runs, "machine_cores_busy"),
             "conflict_lines": sum(r["conflict_lines"] for r in runs),
             "pg_deadlocks": sum((r["pg_stat_database"] or {}).get("deadlocks") or 0 for r in runs),
@@ -323,7 +326,8 @@ def show_run(i: int, r: dict[str, Any]) -> None:
         f"run {i} {r['layout']} ({r['describe']}): {r['chunks_in_window']} chunks in "
         f"{r['window_s']:.2f} s = {r['chunks_per_s']:.0f} chunks/s; CPU ms/chunk "
         + " ".join(f"{k}={ms[k]:.2f}" for k in (*FAMILIES, "all"))
-        + f"; cores busy {r['cores_busy']:.2f} (machine {r['machine_cores_busy']:.2f}); "
+        + f"; cores busy {r['cores_busy']:.2f} (steady {r['steady_cores_busy']}, machine "
+        + f"{r['machine_cores_busy']:.2f}); "
         f"{r['conflict_lines']} conflict lines, pg deadlocks "
         f"{(r['pg_stat_database'] or {}).get('deadlocks')}",
         flush=True,
@@ -340,7 +344,7 @@ def show_run(i: int, r: dict[str, Any]) -> None:
 
 
 def show(summary: Mapping[str, Any]) -> None:
-    head = ["layout", "chunks/s", *FAMILIES, "all", "cores", "machine", "conflicts"]
+    head = ["layout", "chunks/s", *FAMILIES, "all", "cores", "steady", "machine", "conflicts"]
     print("\nmedians; CPU ms per chunk: main, children, postgres, rabbitmq, all")
     print("".join(f"{h:>10}" for h in head))
     for layout in LAYOUTS:
@@ -349,8 +353,7 @@ def show(summary: Mapping[str, Any]) -> None:
             layout.name,
             f"{s['chunks_per_s']:.0f}",
             *(f"{s['cpu_ms_per_chunk'][k]:.2f}" for k in (*FAMILIES, "all")),
-            f"{s['cores_busy']:.2f}",
-            f"{s['machine_cores_busy']:.2f}",
+            *cells_of_cores(s),
             str(s["conflict_lines"]),
         ]
         print("".join(f"{c:>10}" for c in cells))
