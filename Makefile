@@ -40,7 +40,7 @@ bench: install services
 	$(BIN)/python bench/readpath.py
 	$(BIN)/python bench/readapi.py
 	$(BIN)/python bench/freshness.py
-	$(BIN)/python bench/scaleout.py
+	$(BIN)/python bench/scaleout.py --seconds 400
 	$(BIN)/python bench/live.py
 
 # The service image, built with podman as localhost/soundstream:dev, and a run of it
