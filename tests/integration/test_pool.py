@@ -99,7 +99,9 @@ async def test_requests_and_replies_larger_than_the_socket_buffers_pass_whole() 
     back whole and to the task that asked."""
     async with warmed() as pool:
         [first, _] = pool._workers
-        payloads = [bytes([i]) * ((5 << 20) + i) for i in range(4)]
+        # The largest is more than the reply stream reads ahead before it pauses
+        # (twice ``pool.REPLY_BUFFER``).
+        payloads = [bytes([i]) * ((size << 20) + i) for i, size in enumerate((5, 1, 9, 5))]
         replies: dict[int, bytes] = {}
 
         async def echo(i: int) -> None:
