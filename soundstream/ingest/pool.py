@@ -94,9 +94,12 @@ class _Worker:
         reply = _Reply()
         self.pending.append(reply)
         # Written whole or buffered whole by the transport, so no cancellation can
-        # leave the worker reading half a request. The buffer holds at most the
-        # tasks in flight, which the extractor bounds.
-        self.writer.writelines((worker.FRAME.pack(len(request)), request))
+        # leave the worker reading half a request. What the kernel did not take
+        # stays in the transport's buffer, the one copy of the request left (the
+        # extractor bounds the tasks in flight, so the buffer too).
+        self.writer.write(worker.FRAME.pack(len(request)))
+        self.writer.write(request)
+        del request
         await reply.done.wait()
         if reply.ok:
             return reply.value
