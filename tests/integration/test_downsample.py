@@ -212,6 +212,26 @@ async def read_all(
     )
 
 
+async def read_checked(
+    api: asyncpg.Pool,
+    sensor: str,
+    written: Sequence[Written],
+    *,
+    start_us: int,
+    end_us: int,
+    width: int,
+    agg: str,
+    fields: Sequence[str] = SCALARS,
+) -> BucketPage:
+    """The buckets read for ``sensor``, checked against ``reference`` over ``written``."""
+    page = await read_all(
+        api, sensor, start_us=start_us, end_us=end_us, width=width, agg=agg, fields=fields
+    )
+    want = reference(written, start_us=start_us, end_us=end_us, width=width, agg=agg, fields=fields)
+    assert_matches(page, want, agg)
+    return page
+
+
 def mixed(sensor: str) -> list[Written]:
     """Chunks of several lengths at instants on no whole second, with gaps longer
     than a bucket, a long chunk spanning many buckets, and a chunk received before
@@ -247,9 +267,9 @@ async def test_every_bucket_matches_numpy_over_the_same_frames(
     # frames from start on) to mid-chunk.
     start_us, end_us = START_US + 1_234_567, START_US + 31_000_000
     for width in (100_000, 250_000, SECOND, 3 * SECOND, 60 * SECOND, HOUR):
-        page = await read_all(api, "mix", start_us=start_us, end_us=end_us, width=width, agg=agg)
-        want = reference(written, start_us=start_us, end_us=end_us, width=width, agg=agg)
-        assert_matches(page, want, agg)
+        page = await read_checked(
+            api, "mix", written, start_us=start_us, end_us=end_us, width=width, agg=agg
+        )
         over = await from_frames(api, "mix", start_us=start_us, end_us=end_us, width=width, agg=agg)
         assert_matches(page, over, agg)
         assert not page.more
@@ -269,13 +289,10 @@ async def test_a_row_without_the_partials_of_one_field_is_read_from_its_arrays(
     start_us, end_us = START_US, START_US + 4 * SECOND
     for fields in (["rms", "zcr"], ["zcr"], ["rms"], []):
         for agg in AGGREGATES:
-            page = await read_all(
-                api, "part", start_us=start_us, end_us=end_us, width=SECOND, agg=agg, fields=fields
-            )
-            want = reference(
-                written, start_us=start_us, end_us=end_us, width=SECOND, agg=agg, fields=fields
-            )
-            assert_matches(page, want, agg)
+            await read_checked(
+                api, "part", written,
+                start_us=start_us, end_us=end_us, width=SECOND, agg=agg, fields=fields,
+            )  # fmt: skip
 
 
 async def test_a_chunk_inside_one_bucket_gives_its_stored_partials(
@@ -329,11 +346,9 @@ async def test_coarse_buckets_across_midnight_and_day_partitions(
     start_us, end_us = START_US - 18 * HOUR, START_US + 30 * HOUR
     for width in (HOUR, 90 * 60 * SECOND, 5 * HOUR, downsample.MAX_RESOLUTION_US):
         for agg in AGGREGATES:
-            page = await read_all(
-                api, "night", start_us=start_us, end_us=end_us, width=width, agg=agg
+            await read_checked(
+                api, "night", written, start_us=start_us, end_us=end_us, width=width, agg=agg
             )
-            want = reference(written, start_us=start_us, end_us=end_us, width=width, agg=agg)
-            assert_matches(page, want, agg)
     # Midnight inside a bucket of 5 hours (2026 starts 490,896 hours after the epoch,
     # 23:00 is a whole number of 5 hours), holding whole chunks of both days.
     page = await read_all(api, "night", start_us=start_us, end_us=end_us, width=5 * HOUR)
@@ -577,11 +592,9 @@ async def test_the_range_includes_start_and_excludes_end(
     ts = written[0].ts
     start_us, end_us = int(ts[3]), int(ts[40])  # both frame instants
     for width in (100_000, SECOND):
-        page = await read_all(
-            api, "bounds", start_us=start_us, end_us=end_us, width=width, agg="min"
+        page = await read_checked(
+            api, "bounds", written, start_us=start_us, end_us=end_us, width=width, agg="min"
         )
-        want = reference(written, start_us=start_us, end_us=end_us, width=width, agg="min")
-        assert_matches(page, want, "min")
         assert int(page.count.sum()) == 37  # frames 3..39
     # A range of one microsecond holds the frame at its start, and only it.
     one = await read_all(api, "bounds", start_us=int(ts[7]), end_us=int(ts[7]) + 1, width=SECOND)
@@ -604,9 +617,9 @@ async def test_one_day_buckets_start_at_utc_midnight_across_partitions(
     start_us, end_us = START_US - 86_400 * SECOND + 1, START_US + 3 * 86_400 * SECOND
     width = downsample.MAX_RESOLUTION_US
     for agg in AGGREGATES:
-        page = await read_all(api, "days", start_us=start_us, end_us=end_us, width=width, agg=agg)
-        want = reference(written, start_us=start_us, end_us=end_us, width=width, agg=agg)
-        assert_matches(page, want, agg)
+        page = await read_checked(
+            api, "days", written, start_us=start_us, end_us=end_us, width=width, agg=agg
+        )
     np.testing.assert_array_equal(
         page.ts, [START_US - 86_400 * SECOND, START_US, START_US + 86_400 * SECOND]
     )
@@ -648,13 +661,10 @@ async def test_the_finest_resolution_and_count_alone(
     assert page.count.max() == 4  # frames 32 ms apart in 100 ms buckets
     fields = ["flatness", "bandwidth"]
     for agg in AGGREGATES:
-        page = await read_all(
-            api, "fine", start_us=start_us, end_us=end_us, width=width, agg=agg, fields=fields
-        )
-        want = reference(
-            written, start_us=start_us, end_us=end_us, width=width, agg=agg, fields=fields
-        )
-        assert_matches(page, want, agg)
+        page = await read_checked(
+            api, "fine", written,
+            start_us=start_us, end_us=end_us, width=width, agg=agg, fields=fields,
+        )  # fmt: skip
         assert list(page.columns) == [*fields, COUNT]
 
 
